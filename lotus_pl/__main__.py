@@ -1,0 +1,3 @@
+from lotus_pl.cli import main
+
+main()

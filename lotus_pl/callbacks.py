@@ -1,0 +1,126 @@
+"""Callbacks: writing predictions to disk, and the end-of-run learning report.
+
+:class:`LearningReport` answers "did the model learn from the image?" on the validation shards:
+it scores the untrained model and an image-independent baseline (the mean training target, decoded
+and aligned per image exactly like a prediction) before training, the trained model after, and
+prints all three. A model that beats the untrained one but not the mean target has only learned
+the dataset's average layout.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning import Callback, LightningModule, Trainer
+from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
+
+log = logging.getLogger(__name__)
+
+
+class PredictionWriter(BasePredictionWriter):
+    """Write each prediction of ``lotus_pl predict`` next to its input's name, at the input's size.
+
+    Args:
+        output_dir: folder for the outputs (one set of files per input image).
+    """
+
+    def __init__(self, output_dir: str = "predictions") -> None:
+        super().__init__(write_interval="batch")
+        self.output_dir = Path(output_dir)
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        task = pl_module.task
+        for i, path in enumerate(prediction["path"]):
+            stem = Path(path).stem
+            files = task.save(prediction[task.name][i].float().cpu().numpy(), self.output_dir, stem)
+            log.info("%s -> %s", path, ", ".join(f.name for f in files))
+
+
+@torch.no_grad()
+def evaluate(pl_module: LightningModule, dataloader, predict) -> dict[str, float]:
+    """Score ``predict(batch) -> prediction`` on every batch of ``dataloader`` with the task's metric."""
+    task = pl_module.task
+    metric = task.metric().to(pl_module.device)
+    for batch in dataloader:
+        batch = pl_module.transfer_batch_to_device(batch, pl_module.device, 0)
+        gt = batch[task.gt_key]
+        metric.update(predict(batch), gt, task.valid_mask(gt))
+    return {k: float(v) for k, v in metric.compute().items()}
+
+
+class LearningReport(Callback):
+    """Score untrained, mean-target and trained models on the validation set; print and save them.
+
+    Args:
+        mean_target_batches: training batches averaged into the mean-target baseline.
+    """
+
+    def __init__(self, mean_target_batches: int = 50) -> None:
+        self.mean_target_batches = mean_target_batches
+        self.baselines: dict[str, dict[str, float]] = {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"baselines": self.baselines}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.baselines = state_dict["baselines"]
+
+    def _mean_target(self, trainer: Trainer, pl_module: LightningModule) -> torch.Tensor:
+        task, total, count = pl_module.task, None, 0
+        for i, batch in enumerate(trainer.datamodule.train_dataloader()):
+            if i == self.mean_target_batches:
+                break
+            gt = batch[task.gt_key].to(pl_module.device)
+            encoded = task.encode(gt, task.valid_mask(gt)).sum(0)
+            total = encoded if total is None else total + encoded
+            count += gt.shape[0]
+        return total / count
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.baselines:  # resumed run: the baselines were measured before the interruption
+            return
+        pl_module.eval()
+        val = trainer.datamodule.val_dataloader()
+        self.baselines["untrained"] = evaluate(pl_module, val, lambda b: pl_module.predict_image(b["image"]))
+        mean = self._mean_target(trainer, pl_module)
+
+        def predict_mean(batch):
+            image = batch["image"]
+            decoded = pl_module.task.decode(mean[None].expand(image.shape[0], -1, -1, -1))
+            return pl_module.task.resize_for(decoded, tuple(image.shape[-2:]))
+
+        self.baselines["mean_target"] = evaluate(pl_module, val, predict_mean)
+        pl_module.train()
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        pl_module.eval()
+        results = dict(self.baselines)
+        results["trained"] = evaluate(pl_module, trainer.datamodule.val_dataloader(), lambda b: pl_module.predict_image(b["image"]))
+        results["global_step"] = trainer.global_step
+        self._report(trainer, pl_module, results)
+
+    @rank_zero_only
+    def _report(self, trainer: Trainer, pl_module: LightningModule, results: dict[str, Any]) -> None:
+        name, _ = pl_module.task.headline(results["trained"])
+        lines = [f"Learning report ({pl_module.task.name}, validation set, step {results['global_step']}):"]
+        for row in ("untrained", "mean_target", "trained"):
+            if row in results:
+                metrics = results[row]
+                extra = "  ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k != name)
+                lines.append(f"  {row:<12} {name}={metrics[name]:.4f}  {extra}")
+        if "untrained" in results and "mean_target" in results:
+            trained = results["trained"][name]
+            lines.append(
+                f"  trained / mean_target = {trained / max(results['mean_target'][name], 1e-12):.3f}   "
+                f"trained / untrained = {trained / max(results['untrained'][name], 1e-12):.3f}"
+            )
+        rank_zero_info("\n".join(lines))
+        out = Path(trainer.log_dir or trainer.default_root_dir) / "learning_report.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=2))

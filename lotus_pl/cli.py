@@ -1,0 +1,54 @@
+"""The ``lotus_pl`` command.
+
+``lotus_pl fit | validate | test | predict`` is Lightning's CLI over :class:`LotusModel` and
+:class:`DenseDataModule`: several ``--config`` files compose left to right, ``--model.x=...`` style
+dotted overrides work, and ``--print_config`` shows the resolved configuration. Every piece is
+chosen by ``class_path`` in YAML, so there is no option here that switches behaviour by string.
+
+``lotus_pl data <source> ...`` runs the dataset converters.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from lightning.pytorch.cli import LightningCLI
+
+from lotus_pl.data.datamodule import DenseDataModule
+from lotus_pl.model import LotusModel
+
+
+class LotusCLI(LightningCLI):
+    """LightningCLI with lotus_pl's defaults: the resolved config is saved into the run directory
+    (and overwritten on reruns into the same directory, e.g. when resuming)."""
+
+    def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
+        super().__init__(
+            LotusModel,
+            DenseDataModule,
+            save_config_kwargs={"overwrite": True},
+            auto_configure_optimizers=False,
+            args=args,
+            run=run,
+        )
+
+
+def data_main(args: list[str]) -> None:
+    """``lotus_pl data <source>``: build shards and manifests."""
+    from jsonargparse import CLI
+
+    from lotus_pl.data.synthetic import make_synthetic
+
+    CLI({"synthetic": make_synthetic}, args=args, as_positional=False)
+
+
+def main(args: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if args is None else list(args)
+    if argv and argv[0] == "data":
+        data_main(argv[1:])
+        return
+    LotusCLI(args=None if args is None else argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,163 @@
+"""Build the denoising UNet (a diffusers ``UNet2DConditionModel``) and its fixed text context.
+
+- :class:`PretrainedStableDiffusion` loads SD2's UNet from a local folder and adapts it to Lotus:
+  ``conv_in`` widened for Lotus-G by repeating the pretrained weight along the input channels and
+  dividing by the repeat count (so feeding the image latent k times gives the pretrained output),
+  and a new projection class embedding for the task switcher. The empty-prompt CLIP embedding is
+  computed once from the local text encoder, which is then dropped.
+- :class:`SmallUNet` builds a small UNet from config for the embedded CPU default; its "text"
+  context is a fixed random tensor, since it has no text encoder.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from diffusers import UNet2DConditionModel
+from torch import Tensor
+
+
+class DenoiserFactory(ABC):
+    """Makes the UNet for given input/output channels and task-switch width."""
+
+    @abstractmethod
+    def build(self, in_channels: int, out_channels: int, class_embedding_dim: int) -> UNet2DConditionModel:
+        """The UNet; ``class_embedding_dim == 0`` means no task switcher."""
+
+    @abstractmethod
+    def text_context(self) -> Tensor:
+        """The fixed cross-attention context, ``[1, tokens, cross_attention_dim]``."""
+
+
+def _with_task_switcher(config: dict, class_embedding_dim: int) -> dict:
+    if class_embedding_dim:
+        return {**config, "class_embed_type": "projection", "projection_class_embeddings_input_dim": class_embedding_dim}
+    return {**config, "class_embed_type": None, "projection_class_embeddings_input_dim": None}
+
+
+class SmallUNet(DenoiserFactory):
+    """A small ``UNet2DConditionModel`` from config (the embedded default).
+
+    Args:
+        block_out_channels: channels per resolution level.
+        layers_per_block: resnet layers per level.
+        cross_attention: per level, whether it has (self + cross) attention blocks.
+        attention_head_dim: channels per attention head.
+        cross_attention_dim: width of the fixed context the UNet attends to.
+        context_tokens: length of that context (2, like SD2's unpadded empty prompt).
+        norm_num_groups: GroupNorm groups.
+        seed: seed of the fixed context.
+    """
+
+    def __init__(
+        self,
+        block_out_channels: Sequence[int] = (32, 64, 128),
+        layers_per_block: int = 1,
+        cross_attention: Sequence[bool] = (False, False, True),
+        attention_head_dim: int = 8,
+        cross_attention_dim: int = 64,
+        context_tokens: int = 2,
+        norm_num_groups: int = 8,
+        seed: int = 0,
+    ) -> None:
+        if len(cross_attention) != len(block_out_channels):
+            raise ValueError(
+                f"cross_attention has {len(cross_attention)} entries but block_out_channels has {len(block_out_channels)}"
+            )
+        self.block_out_channels = tuple(block_out_channels)
+        self.layers_per_block = layers_per_block
+        self.cross_attention = tuple(cross_attention)
+        self.attention_head_dim = attention_head_dim
+        self.cross_attention_dim = cross_attention_dim
+        self.context_tokens = context_tokens
+        self.norm_num_groups = norm_num_groups
+        self.seed = seed
+
+    def build(self, in_channels: int, out_channels: int, class_embedding_dim: int) -> UNet2DConditionModel:
+        down = tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in self.cross_attention)
+        up = tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(self.cross_attention))
+        config = dict(
+            sample_size=64,
+            in_channels=in_channels,
+            out_channels=out_channels,
+            block_out_channels=self.block_out_channels,
+            layers_per_block=self.layers_per_block,
+            down_block_types=down,
+            up_block_types=up,
+            mid_block_type="UNetMidBlock2DCrossAttn" if self.cross_attention[-1] else None,
+            attention_head_dim=self.attention_head_dim,
+            cross_attention_dim=self.cross_attention_dim,
+            norm_num_groups=self.norm_num_groups,
+        )
+        generator_state = torch.random.get_rng_state()
+        torch.manual_seed(self.seed)  # the same config builds the same initial weights
+        try:
+            return UNet2DConditionModel(**_with_task_switcher(config, class_embedding_dim))
+        finally:
+            torch.random.set_rng_state(generator_state)
+
+    def text_context(self) -> Tensor:
+        generator = torch.Generator().manual_seed(self.seed)
+        return torch.randn(1, self.context_tokens, self.cross_attention_dim, generator=generator)
+
+
+def _require_folder(path: Path, *entries: str) -> None:
+    missing = [e for e in entries if not (path / e).exists()]
+    if missing:
+        raise FileNotFoundError(
+            f"{path} is not a usable Stable Diffusion folder (diffusers layout): missing {', '.join(missing)}. "
+            "Point the config at a local copy of stabilityai/stable-diffusion-2 (base); nothing is downloaded at run time."
+        )
+
+
+def expand_conv_in(weight: Tensor, in_channels: int) -> Tensor:
+    """Widen a pretrained ``conv_in`` weight ``[O, C, k, k]`` to ``in_channels`` = k·C inputs.
+
+    The weight is repeated k times along the input channels and divided by k, so an input made of
+    the original input repeated k times gives exactly the pretrained output (Lotus-G, Marigold).
+    """
+    channels = weight.shape[1]
+    if in_channels % channels:
+        raise ValueError(f"cannot expand conv_in from {channels} to {in_channels} input channels")
+    repeats = in_channels // channels
+    return weight.repeat(1, repeats, 1, 1) / repeats
+
+
+class PretrainedStableDiffusion(DenoiserFactory):
+    """The UNet of a local Stable Diffusion folder, adapted to Lotus.
+
+    Args:
+        path: diffusers folder with ``unet/``, ``text_encoder/`` and ``tokenizer/``.
+        unet_subfolder: the UNet's subfolder.
+    """
+
+    def __init__(self, path: str, unet_subfolder: str = "unet") -> None:
+        self.path = Path(path)
+        self.unet_subfolder = unet_subfolder
+        _require_folder(self.path, f"{unet_subfolder}/config.json", "text_encoder/config.json", "tokenizer")
+
+    def build(self, in_channels: int, out_channels: int, class_embedding_dim: int) -> UNet2DConditionModel:
+        pretrained = UNet2DConditionModel.from_pretrained(self.path, subfolder=self.unet_subfolder, local_files_only=True)
+        if out_channels != pretrained.config.out_channels:
+            raise ValueError(f"the pretrained UNet predicts {pretrained.config.out_channels} channels, the codec needs {out_channels}")
+        state = pretrained.state_dict()
+        state["conv_in.weight"] = expand_conv_in(state["conv_in.weight"], in_channels)
+        config = _with_task_switcher({**pretrained.config, "in_channels": in_channels}, class_embedding_dim)
+        unet = UNet2DConditionModel.from_config(config)
+        missing, unexpected = unet.load_state_dict(state, strict=False)
+        new = [k for k in missing if not k.startswith("class_embedding.")]
+        if new or unexpected:
+            raise RuntimeError(f"pretrained UNet at {self.path} does not match its config: missing {new}, unexpected {unexpected}")
+        return unet
+
+    @torch.no_grad()
+    def text_context(self) -> Tensor:
+        from transformers import CLIPTextModel, CLIPTokenizer
+
+        tokenizer = CLIPTokenizer.from_pretrained(self.path, subfolder="tokenizer", local_files_only=True)
+        encoder = CLIPTextModel.from_pretrained(self.path, subfolder="text_encoder", local_files_only=True)
+        ids = tokenizer("", padding="do_not_pad", return_tensors="pt").input_ids  # [BOS, EOS]
+        return encoder(ids)[0].float()
