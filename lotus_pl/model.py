@@ -64,6 +64,7 @@ class LotusModel(LightningModule):
         optimizer: optimizer factory (AdamW by default).
         lr_scheduler: optional learning-rate scheduler factory, stepped every optimizer step.
         processing_resolution: longest image edge at inference (0 = native size).
+        gradient_checkpointing: recompute UNet activations in the backward pass to save memory.
         seed: seed of the inference noise (Lotus-G), so predictions are reproducible.
     """
 
@@ -80,6 +81,7 @@ class LotusModel(LightningModule):
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: LRSchedulerCallable | None = None,
         processing_resolution: int = 0,
+        gradient_checkpointing: bool = False,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -99,6 +101,8 @@ class LotusModel(LightningModule):
         self.num_switch_states = 2 if detail_preserver else 0
         channels = codec.latent_channels
         self.unet = denoiser.build(formulation.unet_in_channels(channels), channels, 2 * self.num_switch_states)
+        if gradient_checkpointing:
+            self.unet.enable_gradient_checkpointing()
         self.register_buffer("text_context", denoiser.text_context(), persistent=False)
         self.size_multiple = codec.downsample * 2 ** (len(self.unet.config.block_out_channels) - 1)
         self.val_metric = task.metric()

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import webdataset as wds
 from lightning import LightningDataModule
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, IterableDataset
 
 from lotus_pl.data.images import ImageFiles, collate_images
 from lotus_pl.data.manifest import Manifest
@@ -59,6 +59,27 @@ class RandomHorizontalFlip:
         return out
 
 
+class MixedBatches(IterableDataset):
+    """Draw each batch whole from one source, chosen with the given probabilities.
+
+    Sources of different resolutions cannot share a batch, so Lotus mixes Hypersim and Virtual KITTI
+    by batch (p = 0.9 / 0.1). The choice is seeded per rank and worker, like the shard sampling.
+    """
+
+    def __init__(self, sources: list, probabilities: list[float], seed: int) -> None:
+        if len(sources) != len(probabilities) or any(p < 0 for p in probabilities) or sum(probabilities) <= 0:
+            raise ValueError(f"need one non-negative probability per training source, got {probabilities} for {len(sources)} sources")
+        self.sources, self.seed = sources, seed
+        self.probabilities = [p / sum(probabilities) for p in probabilities]
+
+    def __iter__(self):
+        rank, _, worker, _ = wds.utils.pytorch_worker_info()
+        rng = random.Random(f"mix-{self.seed}-{rank}-{worker}")
+        iterators = [iter(s) for s in self.sources]
+        while True:
+            yield next(iterators[rng.choices(range(len(iterators)), weights=self.probabilities)[0]])
+
+
 class SyntheticScenes:
     """Render the procedural scenes into shards when a manifest they should fill is missing.
 
@@ -90,7 +111,9 @@ class DenseDataModule(LightningDataModule):
     """Shards for training and evaluation, image files for prediction.
 
     Args:
-        train_manifest: manifest of the training shards.
+        train_manifest: manifest of the training shards, or several manifests to mix.
+        train_probabilities: with several training manifests, the probability of drawing a batch
+            from each (whole batches per source, as sources may differ in resolution).
         val_manifest: manifest of the validation shards (also used by ``test`` unless ``test_manifest``).
         test_manifest: manifest for ``lotus_pl test``.
         batch_size: training batch size per device.
@@ -107,7 +130,8 @@ class DenseDataModule(LightningDataModule):
 
     def __init__(
         self,
-        train_manifest: str | None = None,
+        train_manifest: str | list[str] | None = None,
+        train_probabilities: list[float] | None = None,
         val_manifest: str | None = None,
         test_manifest: str | None = None,
         batch_size: int = 8,
@@ -123,6 +147,7 @@ class DenseDataModule(LightningDataModule):
     ) -> None:
         super().__init__()
         self.train_manifest, self.val_manifest, self.test_manifest = train_manifest, val_manifest, test_manifest
+        self.train_probabilities = train_probabilities
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
         self.hflip, self.shuffle_buffer, self.seed = hflip, shuffle_buffer, seed
         self.required = list(required or ["rgb"])
@@ -132,7 +157,8 @@ class DenseDataModule(LightningDataModule):
     def prepare_data(self) -> None:
         if self.synthetic is None:
             return
-        for manifest, split in ((self.train_manifest, "train"), (self.val_manifest, "val")):
+        train = self.train_manifest if isinstance(self.train_manifest, list) else [self.train_manifest]
+        for manifest, split in [(m, "train") for m in train] + [(self.val_manifest, "val")]:
             if manifest is not None:
                 self.synthetic.ensure(manifest, split)
 
@@ -148,20 +174,32 @@ class DenseDataModule(LightningDataModule):
         return decode_sample(raw, required=self._required_fields())
 
     @staticmethod
-    def _urls(manifest: str | None, purpose: str) -> list[str]:
+    def _require(manifest: str | None, purpose: str) -> str:
         if manifest is None:
             raise ValueError(f"no {purpose} manifest configured (set data.{purpose}_manifest)")
-        return Manifest.load(manifest).urls()
+        return manifest
 
-    def train_dataloader(self) -> DataLoader:
-        urls = self._urls(self.train_manifest, "train")
-        dataset = (
-            wds.WebDataset(urls, resampled=True, detshuffle=True, seed=self.seed, nodesplitter=None, shardshuffle=False)
-            .shuffle(self.shuffle_buffer, rng=random.Random(self.seed))
+    @classmethod
+    def _urls(cls, manifest: str | None, purpose: str) -> list[str]:
+        return Manifest.load(cls._require(manifest, purpose)).urls()
+
+    def _train_source(self, manifest: str, index: int):
+        seed = self.seed + 1000 * index
+        return (
+            wds.WebDataset(self._urls(manifest, "train"), resampled=True, detshuffle=True, seed=seed,
+                           nodesplitter=None, shardshuffle=False)
+            .shuffle(self.shuffle_buffer, rng=random.Random(seed))
             .map(self._decode)
-            .map(RandomHorizontalFlip(self.hflip, self.seed))
+            .map(RandomHorizontalFlip(self.hflip, seed))
             .batched(self.batch_size, collation_fn=collate_samples, partial=False)
         )
+
+    def train_dataloader(self) -> DataLoader:
+        manifests = self.train_manifest if isinstance(self.train_manifest, list) else [self._require(self.train_manifest, "train")]
+        sources = [self._train_source(m, i) for i, m in enumerate(manifests)]
+        dataset = sources[0]
+        if len(sources) > 1:
+            dataset = MixedBatches(sources, self.train_probabilities or [1.0] * len(sources), self.seed)
         return wds.WebLoader(dataset, batch_size=None, num_workers=self.num_workers,
                              persistent_workers=self.num_workers > 0)
 

@@ -1,0 +1,186 @@
+"""Dataset manifests: one YAML file describing a set of WebDataset shards.
+
+A manifest is the unit a data config points at. It records where the shards
+are (relative to the manifest's own folder, so a data tree can be moved as a
+whole), how many samples each holds and their sha256, which sample keys exist,
+and how to interpret them (resolution, depth scale, intrinsics), plus licence
+and provenance. ``verify()`` lets a run refuse stale or truncated data early.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ManifestError(ValueError):
+    """A manifest file is malformed; the message names the file and the field."""
+
+
+@dataclass
+class ShardEntry:
+    path: str  # relative to the manifest's folder (absolute paths are allowed)
+    num_samples: int
+    sha256: str
+
+
+@dataclass
+class Manifest:
+    name: str
+    shards: list[ShardEntry]
+    keys: list[str]
+    resolution: list[int]  # [H, W]
+    depth_scale: float  # uint16 depth value = metres * depth_scale
+    licence: str
+    created_by: str
+    intrinsics: list[float] | None = None  # [fx, fy, cx, cy]; None = per-sample in json
+    root: Path | None = field(default=None, compare=False, repr=False)  # folder of the YAML
+
+    _REQUIRED = ("name", "shards", "keys", "resolution", "depth_scale", "licence", "created_by")
+
+    # ------------------------------------------------------------------ #
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Manifest:
+        """Read a manifest YAML; shard paths resolve against its folder."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"manifest file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise ManifestError(f"{path}: not valid YAML: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ManifestError(f"{path}: expected a mapping at top level, got {type(data).__name__}")
+        for key in cls._REQUIRED:
+            if key not in data:
+                raise ManifestError(f"{path}: missing required field {key!r}")
+
+        shards_raw = data["shards"]
+        if not isinstance(shards_raw, list):
+            raise ManifestError(f"{path}: field 'shards' must be a list")
+        shards = []
+        for i, entry in enumerate(shards_raw):
+            if not isinstance(entry, dict):
+                raise ManifestError(f"{path}: shards[{i}] must be a mapping")
+            for key in ("path", "num_samples", "sha256"):
+                if key not in entry:
+                    raise ManifestError(f"{path}: shards[{i}] missing required field {key!r}")
+            shards.append(ShardEntry(str(entry["path"]), int(entry["num_samples"]), str(entry["sha256"])))
+
+        resolution = _int_list(data["resolution"], 2, path, "resolution")
+        intrinsics = data.get("intrinsics")
+        if intrinsics is not None:
+            intrinsics = [float(x) for x in _list(intrinsics, 4, path, "intrinsics")]
+        keys = data["keys"]
+        if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+            raise ManifestError(f"{path}: field 'keys' must be a list of strings")
+        return cls(
+            name=str(data["name"]),
+            shards=shards,
+            keys=list(keys),
+            resolution=resolution,
+            depth_scale=float(data["depth_scale"]),
+            licence=str(data["licence"]),
+            created_by=str(data["created_by"]),
+            intrinsics=intrinsics,
+            root=path.resolve().parent,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "licence": self.licence,
+            "created_by": self.created_by,
+            "resolution": [int(x) for x in self.resolution],
+            "depth_scale": float(self.depth_scale),
+            "intrinsics": None if self.intrinsics is None else [float(x) for x in self.intrinsics],
+            "keys": list(self.keys),
+            "num_samples": self.num_samples,
+            "shards": [
+                {"path": s.path, "num_samples": int(s.num_samples), "sha256": s.sha256}
+                for s in self.shards
+            ],
+        }
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the YAML. Shard paths are stored as given (keep them relative)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        self.root = path.resolve().parent
+
+    # ------------------------------------------------------------------ #
+    @property
+    def num_samples(self) -> int:
+        return sum(s.num_samples for s in self.shards)
+
+    def shard_path(self, entry: ShardEntry) -> Path:
+        root = self.root if self.root is not None else Path.cwd()
+        return (root / entry.path).resolve()
+
+    def urls(self) -> list[str]:
+        """Absolute shard paths, in manifest order (what WebDataset consumes)."""
+        return [str(self.shard_path(s)) for s in self.shards]
+
+    def verify(self, check_samples: bool = True) -> list[str]:
+        """Problems found (empty list = clean): missing shards, sha256 or sample-count mismatch."""
+        problems = []
+        for entry in self.shards:
+            shard = self.shard_path(entry)
+            if not shard.is_file():
+                problems.append(f"{self.name}: shard {entry.path} is missing ({shard})")
+                continue
+            digest = sha256_file(shard)
+            if digest != entry.sha256:
+                problems.append(
+                    f"{self.name}: shard {entry.path} sha256 mismatch "
+                    f"(manifest {entry.sha256[:12]}..., file {digest[:12]}...)"
+                )
+            if check_samples:
+                count = count_tar_samples(shard)
+                if count != entry.num_samples:
+                    problems.append(
+                        f"{self.name}: shard {entry.path} has {count} samples, "
+                        f"manifest says {entry.num_samples}"
+                    )
+        return problems
+
+
+def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks so large shards don't fill memory."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(chunk_size):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def count_tar_samples(path: str | os.PathLike) -> int:
+    """Number of distinct WebDataset sample keys in a tar shard (-1 if unreadable)."""
+    keys = set()
+    try:
+        with tarfile.open(path, "r") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                dirname, base = os.path.split(member.name)
+                keys.add(os.path.join(dirname, base.split(".", 1)[0]))
+    except (tarfile.TarError, OSError):
+        return -1
+    return len(keys)
+
+
+def _list(value: Any, length: int, path: Path, field_name: str) -> list:
+    if not isinstance(value, (list, tuple)) or len(value) != length:
+        raise ManifestError(f"{path}: field {field_name!r} must be a list of {length} numbers")
+    return list(value)
+
+
+def _int_list(value: Any, length: int, path: Path, field_name: str) -> list[int]:
+    return [int(x) for x in _list(value, length, path, field_name)]
