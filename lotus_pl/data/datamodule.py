@@ -171,7 +171,11 @@ class DenseDataModule(LightningDataModule):
         return fields
 
     def _decode(self, raw: dict[str, Any]) -> dict[str, Any]:
-        return decode_sample(raw, required=self._required_fields())
+        """Decode only what is needed: the required fields and the json metadata."""
+        fields = self._required_fields()
+        wanted = {"json", "image" if "rgb" in fields else "rgb", *fields}
+        raw = {k: v for k, v in raw.items() if k.startswith("__") or k.split(".", 1)[0] in wanted}
+        return decode_sample(raw, required=fields)
 
     @staticmethod
     def _require(manifest: str | None, purpose: str) -> str:
