@@ -103,10 +103,11 @@ class LearningReport(Callback):
         results = dict(self.baselines)
         results["trained"] = evaluate(pl_module, trainer.datamodule.val_dataloader(), lambda b: pl_module.predict_image(b["image"]))
         results["global_step"] = trainer.global_step
-        self._report(trainer, pl_module, results)
+        out = Path(trainer.log_dir or trainer.default_root_dir) / "learning_report.json"  # a collective: all ranks
+        self._report(pl_module, results, out)
 
     @rank_zero_only
-    def _report(self, trainer: Trainer, pl_module: LightningModule, results: dict[str, Any]) -> None:
+    def _report(self, pl_module: LightningModule, results: dict[str, Any], out: Path) -> None:
         name, _ = pl_module.task.headline(results["trained"])
         lines = [f"Learning report ({pl_module.task.name}, validation set, step {results['global_step']}):"]
         for row in ("untrained", "mean_target", "trained"):
@@ -121,6 +122,5 @@ class LearningReport(Callback):
                 f"trained / untrained = {trained / max(results['untrained'][name], 1e-12):.3f}"
             )
         rank_zero_info("\n".join(lines))
-        out = Path(trainer.log_dir or trainer.default_root_dir) / "learning_report.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(results, indent=2))

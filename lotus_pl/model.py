@@ -106,6 +106,10 @@ class LotusModel(LightningModule):
         self.register_buffer("text_context", denoiser.text_context(), persistent=False)
         self.size_multiple = codec.downsample * 2 ** (len(self.unet.config.block_out_channels) - 1)
         self.val_metric = task.metric()
+        # The buffers (alpha_bar, the text context, codec statistics) are constants every rank builds
+        # identically. Left to DDP, it would broadcast them in every forward, validation included,
+        # and ranks with different numbers of evaluation batches would wait on each other forever.
+        self._ddp_params_and_buffers_to_ignore = [name for name, _ in self.named_buffers()]
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -222,6 +226,8 @@ class LotusModel(LightningModule):
     on_test_epoch_end = on_validation_epoch_end
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        if not batch["path"]:  # every file of this batch was unreadable (reported by the loader)
+            return {"path": [], self.task.name: None}
         return {"path": batch["path"], self.task.name: self.predict_image(batch["image"])}
 
     def _log_panel(self, batch: dict[str, Tensor], pred: Tensor, max_images: int = 4) -> None:

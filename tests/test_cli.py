@@ -49,6 +49,12 @@ def tiny_overrides(configs: list[str], tiny_dataset: dict, tiny_sd: Path, run_di
     return args
 
 
+def checkpoint_every(steps: int) -> list[str]:
+    """Add a ModelCheckpoint that keeps ``last.ckpt`` every ``steps`` steps."""
+    return ["--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
+            f"--trainer.callbacks.every_n_train_steps={steps}", "--trainer.callbacks.save_last=true"]
+
+
 def last_step(run_dir: Path) -> int:
     return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["global_step"]
 
@@ -56,8 +62,7 @@ def last_step(run_dir: Path) -> int:
 @pytest.mark.parametrize("configs", [[c] for c in CONFIGS] + [["experiments/quickstart.yaml", v] for v in VARIANTS], ids=str)
 def test_every_shipped_config_trains_a_few_steps(configs, tiny_dataset, tiny_sd, tmp_path):
     args = tiny_overrides(configs, tiny_dataset, tiny_sd, tmp_path)
-    main(["fit", *args, "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
-          "--trainer.callbacks.save_last=true"])
+    main(["fit", *args, *checkpoint_every(1)])
     assert last_step(tmp_path) == 2
     assert (tmp_path / "config.yaml").is_file()  # the resolved config is saved with the run
 
@@ -95,8 +100,7 @@ def test_rerun_into_the_same_run_directory(tiny_dataset, tiny_sd, tmp_path):
 
 def test_killed_run_resumes_from_last_checkpoint(tiny_dataset, tiny_sd, tmp_path):
     args = tiny_overrides(["experiments/quickstart.yaml"], tiny_dataset, tiny_sd, tmp_path)
-    args += ["--trainer.max_steps=100000", "--trainer.val_check_interval=1000", "--trainer.callbacks.every_n_train_steps=3",
-             "--trainer.callbacks.monitor=null", "--trainer.callbacks.save_top_k=0"]
+    args += ["--trainer.max_steps=100000", "--trainer.val_check_interval=1000", *checkpoint_every(3)]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen([sys.executable, "-m", "lotus_pl", "fit", *args], cwd=tmp_path, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
