@@ -49,8 +49,7 @@ def evaluate(pl_module: LightningModule, dataloader, predict) -> dict[str, float
     metric = task.metric().to(pl_module.device)
     for batch in dataloader:
         batch = pl_module.transfer_batch_to_device(batch, pl_module.device, 0)
-        gt = batch[task.gt_key]
-        metric.update(predict(batch), gt, task.valid_mask(gt))
+        metric.update(predict(batch), batch[task.gt_key], pl_module.valid_mask(batch))
     return {k: float(v) for k, v in metric.compute().items()}
 
 

@@ -138,7 +138,7 @@ class LotusModel(LightningModule):
     # ------------------------------------------------------------------ training
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         image, gt = batch["image"], batch[self.task.gt_key]
-        valid = self.task.valid_mask(gt)
+        valid = self.valid_mask(batch)
         with torch.no_grad():
             image_latent = self.codec.encode(image)
             target_latent = self.codec.encode(self.task.encode(gt, valid))
@@ -205,10 +205,15 @@ class LotusModel(LightningModule):
         return self.task.resize_for(self.task.decode(decoded.float()), (height, width))
 
     # ------------------------------------------------------------------ validation / test
+    def valid_mask(self, batch: dict[str, Tensor]) -> Tensor:
+        """Pixels to supervise and score: the task's valid ground truth, within the sample's own mask
+        if it has one (a dataset's validity mask, or an evaluation crop)."""
+        valid = self.task.valid_mask(batch[self.task.gt_key])
+        return valid & batch["mask"].bool() if "mask" in batch else valid
+
     def _evaluate_batch(self, batch: dict[str, Tensor], metric) -> Tensor:
-        gt = batch[self.task.gt_key]
         pred = self.predict_image(batch["image"])
-        metric.update(pred, gt, self.task.valid_mask(gt))
+        metric.update(pred, batch[self.task.gt_key], self.valid_mask(batch))
         return pred
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:

@@ -137,3 +137,16 @@ def test_checkpoint_leaves_out_the_frozen_vae(tiny_sd):
     model.load_state_dict(checkpoint["state_dict"])  # strict: the codec is filled back in
     loss = model.training_step(fake_batch(size=16), 0)
     assert torch.isfinite(loss)
+
+
+def test_sample_mask_restricts_supervision_and_scoring():
+    model = make_model()
+    batch = fake_batch()
+    full = model.valid_mask(batch)
+    batch["mask"] = torch.zeros_like(batch["depth"], dtype=torch.bool)
+    batch["mask"][..., :, 8:] = True  # only the right half may be used
+    masked = model.valid_mask(batch)
+    assert masked.sum() < full.sum() and not masked[..., :, :8].any()
+    assert torch.equal(masked[..., :, 8:], full[..., :, 8:])
+    batch["mask"][:] = False  # nothing valid: the loss is zero, not NaN
+    assert model.training_step(batch, 0).item() == 0.0

@@ -271,3 +271,21 @@ def test_manifest_load_errors(tmp_path):
     m = Manifest.load(path)
     assert m.urls() == [str((tmp_path / "a.tar").resolve())]
     assert any("missing" in p for p in m.verify())
+
+
+def test_mask_png_decodes_to_a_boolean_mask():
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from lotus_pl.data.samples import decode_sample, encode_rgb_png
+
+    mask = np.zeros((4, 5), dtype=np.uint8)
+    mask[1:3, 2:] = 255
+    buf = io.BytesIO()
+    Image.fromarray(mask).save(buf, format="PNG")
+    raw = {"__key__": "k", "__url__": "u", "rgb.png": encode_rgb_png(np.zeros((4, 5, 3), np.uint8)), "mask.png": buf.getvalue()}
+    out = decode_sample(raw, required=("rgb",))
+    assert out["mask"].dtype == torch.bool and out["mask"].shape == (1, 4, 5)
+    assert out["mask"][0].numpy().tolist() == (mask != 0).tolist()

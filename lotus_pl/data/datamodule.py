@@ -23,7 +23,7 @@ from lotus_pl.data.manifest import Manifest
 from lotus_pl.data.samples import decode_sample
 from lotus_pl.tasks.normal import hflip_normals
 
-_TENSOR_FIELDS = ("image", "depth", "normal", "albedo", "intrinsics")
+_TENSOR_FIELDS = ("image", "depth", "normal", "albedo", "mask", "intrinsics")
 
 
 def collate_samples(samples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -48,7 +48,7 @@ class RandomHorizontalFlip:
         if self.rng.random() >= self.p:
             return sample
         out = dict(sample)
-        for field in ("image", "depth", "albedo"):
+        for field in ("image", "depth", "albedo", "mask"):
             if field in out:
                 out[field] = out[field].flip(-1)
         if "normal" in out:
@@ -171,9 +171,9 @@ class DenseDataModule(LightningDataModule):
         return fields
 
     def _decode(self, raw: dict[str, Any]) -> dict[str, Any]:
-        """Decode only what is needed: the required fields and the json metadata."""
+        """Decode only what is needed: the required fields, the json metadata and any validity mask."""
         fields = self._required_fields()
-        wanted = {"json", "image" if "rgb" in fields else "rgb", *fields}
+        wanted = {"json", "mask", "image" if "rgb" in fields else "rgb", *fields}
         raw = {k: v for k, v in raw.items() if k.startswith("__") or k.split(".", 1)[0] in wanted}
         return decode_sample(raw, required=fields)
 

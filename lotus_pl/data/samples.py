@@ -32,6 +32,7 @@ FIELD_KEYS: dict[str, tuple[str, ...]] = {
     "depth": ("depth.png",),
     "normal": ("normal.png",),
     "albedo": ("albedo.png",),
+    "mask": ("mask.png",),
     "json": ("json",),
 }
 _ALIASES = {"image": "rgb"}
@@ -141,6 +142,12 @@ def decode_sample(
 
     if (key := _find(raw, "albedo")) is not None:
         out["albedo"] = _chw(_to_rgb_float(_open(raw, key)) * 2.0 - 1.0)
+
+    if (key := _find(raw, "mask")) is not None:  # 8-bit, nonzero = pixel may be supervised / scored
+        arr = np.asarray(_open(raw, key))
+        if arr.ndim != 2:
+            raise SampleError(f"{_where(raw)}: 'mask.png' must be single-channel")
+        out["mask"] = torch.from_numpy(arr != 0)[None]
 
     if all(k in meta for k in ("fx", "fy", "cx", "cy")):
         out["intrinsics"] = torch.tensor([meta[k] for k in ("fx", "fy", "cx", "cy")], dtype=torch.float32)
