@@ -5,12 +5,14 @@
 dotted overrides work, and ``--print_config`` shows the resolved configuration. Every piece is
 chosen by ``class_path`` in YAML, so there is no option here that switches behaviour by string.
 
-``lotus_pl data <source> ...`` runs the dataset converters.
+``lotus_pl data <source> ...`` runs the dataset converters; ``lotus_pl sweep ...`` expands, runs and
+collects ablation sweeps (:mod:`lotus_pl.sweep`).
 """
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from lightning.pytorch.cli import LightningCLI
 
@@ -32,6 +34,19 @@ class LotusCLI(LightningCLI):
             run=run,
         )
 
+    def before_fit(self) -> None:
+        """``--ckpt_path resume``: continue from the newest checkpoint of this run directory, if any
+        (Lightning's ``hpc_ckpt_*`` after a SLURM requeue, or ``checkpoints/last.ckpt``); else start fresh.
+        One command line then serves the first start, a requeue and a manual restart."""
+        config = self.config_init[self.subcommand]
+        if config.get("ckpt_path") == "resume":
+            config["ckpt_path"] = newest_checkpoint(self.trainer.default_root_dir)
+
+
+def newest_checkpoint(run_dir: str) -> str | None:
+    candidates = [*Path(run_dir).glob("hpc_ckpt_*.ckpt"), *Path(run_dir).glob("checkpoints/last*.ckpt")]
+    return str(max(candidates, key=lambda p: p.stat().st_mtime)) if candidates else None
+
 
 def data_main(args: list[str]) -> None:
     """``lotus_pl data <source>``: build shards and manifests."""
@@ -46,6 +61,11 @@ def main(args: list[str] | None = None) -> None:
     argv = sys.argv[1:] if args is None else list(args)
     if argv and argv[0] == "data":
         data_main(argv[1:])
+        return
+    if argv and argv[0] == "sweep":
+        from lotus_pl.sweep import sweep_main
+
+        sweep_main(argv[1:])
         return
     LotusCLI(args=None if args is None else argv)
 

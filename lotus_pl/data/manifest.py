@@ -5,12 +5,16 @@ are (relative to the manifest's own folder, so a data tree can be moved as a
 whole), how many samples each holds and their sha256, which sample keys exist,
 and how to interpret them (resolution, depth scale, intrinsics), plus licence
 and provenance. ``verify()`` lets a run refuse stale or truncated data early.
+
+A shard path may also be any URL WebDataset opens (``pipe:aws s3 cp ... -``,
+``https://...``); such paths are used as they are, not resolved against the folder.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +44,8 @@ class Manifest:
     licence: str
     created_by: str
     intrinsics: list[float] | None = None  # [fx, fy, cx, cy]; None = per-sample in json
+    preprocessing: list[str] | None = None  # what the converter did to the raw data, step by step
+    skipped: dict[str, Any] | None = None  # reason -> {count, examples}: raw frames left out, and why
     root: Path | None = field(default=None, compare=False, repr=False)  # folder of the YAML
 
     _REQUIRED = ("name", "shards", "keys", "resolution", "depth_scale", "licence", "created_by")
@@ -89,10 +95,13 @@ class Manifest:
             licence=str(data["licence"]),
             created_by=str(data["created_by"]),
             intrinsics=intrinsics,
+            preprocessing=data.get("preprocessing"),
+            skipped=data.get("skipped"),
             root=path.resolve().parent,
         )
 
     def to_dict(self) -> dict[str, Any]:
+        optional = {k: v for k, v in (("preprocessing", self.preprocessing), ("skipped", self.skipped)) if v is not None}
         return {
             "name": self.name,
             "licence": self.licence,
@@ -101,6 +110,7 @@ class Manifest:
             "depth_scale": float(self.depth_scale),
             "intrinsics": None if self.intrinsics is None else [float(x) for x in self.intrinsics],
             "keys": list(self.keys),
+            **optional,
             "num_samples": self.num_samples,
             "shards": [
                 {"path": s.path, "num_samples": int(s.num_samples), "sha256": s.sha256}
@@ -124,32 +134,94 @@ class Manifest:
         root = self.root if self.root is not None else Path.cwd()
         return (root / entry.path).resolve()
 
+    def url(self, entry: ShardEntry) -> str:
+        """What WebDataset opens for ``entry``: a URL as written, a file path made absolute."""
+        return entry.path if is_url(entry.path) else str(self.shard_path(entry))
+
     def urls(self) -> list[str]:
-        """Absolute shard paths, in manifest order (what WebDataset consumes)."""
-        return [str(self.shard_path(s)) for s in self.shards]
+        """Absolute shard paths (or URLs), in manifest order (what WebDataset consumes)."""
+        return [self.url(s) for s in self.shards]
+
+    def check_shard(self, entry: ShardEntry, check_samples: bool = True) -> list[str]:
+        """Problems with one shard: missing, sha256 mismatch, unreadable tar, wrong sample count,
+        samples without a key the manifest lists. One pass over the bytes."""
+        if not is_url(entry.path) and not self.shard_path(entry).is_file():
+            return [f"{self.name}: shard {entry.path} is missing ({self.shard_path(entry)})"]
+        problems = []
+        try:
+            digest, keys, error = scan_shard(self.url(entry), read_members=check_samples)
+        except OSError as exc:
+            return [f"{self.name}: shard {entry.path} cannot be opened: {exc}"]
+        if digest != entry.sha256:
+            problems.append(
+                f"{self.name}: shard {entry.path} sha256 mismatch "
+                f"(manifest {entry.sha256[:12]}..., file {digest[:12]}...)"
+            )
+        if not check_samples:
+            return problems
+        if error is not None:
+            problems.append(f"{self.name}: shard {entry.path} is not a readable tar after {len(keys)} samples: {error}")
+        elif len(keys) != entry.num_samples:
+            problems.append(f"{self.name}: shard {entry.path} has {len(keys)} samples, manifest says {entry.num_samples}")
+        for key, present in keys.items():
+            missing = [k for k in self.keys if k not in present]
+            if missing:
+                problems.append(f"{self.name}: shard {entry.path} sample {key!r} lacks {missing}")
+        return problems
 
     def verify(self, check_samples: bool = True) -> list[str]:
-        """Problems found (empty list = clean): missing shards, sha256 or sample-count mismatch."""
-        problems = []
-        for entry in self.shards:
-            shard = self.shard_path(entry)
-            if not shard.is_file():
-                problems.append(f"{self.name}: shard {entry.path} is missing ({shard})")
-                continue
-            digest = sha256_file(shard)
-            if digest != entry.sha256:
-                problems.append(
-                    f"{self.name}: shard {entry.path} sha256 mismatch "
-                    f"(manifest {entry.sha256[:12]}..., file {digest[:12]}...)"
-                )
-            if check_samples:
-                count = count_tar_samples(shard)
-                if count != entry.num_samples:
-                    problems.append(
-                        f"{self.name}: shard {entry.path} has {count} samples, "
-                        f"manifest says {entry.num_samples}"
-                    )
-        return problems
+        """Problems found (empty list = clean): missing shards, sha256 or sample-count mismatch,
+        truncated tars, samples missing a listed key."""
+        return [p for entry in self.shards for p in self.check_shard(entry, check_samples)]
+
+
+def is_url(path: str) -> bool:
+    """True for ``scheme:...`` paths WebDataset opens itself (``pipe:``, ``https://``, ``s3://``)."""
+    return bool(re.match(r"^(pipe:|[a-zA-Z][a-zA-Z0-9+.-]+://)", path))
+
+
+class _HashingReader:
+    """A read-only stream that hashes every byte read through it."""
+
+    def __init__(self, stream) -> None:
+        self.stream, self.hash = stream, hashlib.sha256()
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.stream.read(size)
+        self.hash.update(data)
+        return data
+
+
+def scan_shard(url: str, read_members: bool = True) -> tuple[str, dict[str, set[str]], str | None]:
+    """sha256 of a shard, its samples' keys (``{key: {"rgb.png", ...}}``) and the tar error, if any.
+
+    Reads the shard once, as a stream, so it works for any URL WebDataset opens.
+    """
+    import webdataset as wds
+
+    keys: dict[str, set[str]] = {}
+    error = None
+    with wds.gopen(url, "rb") as stream:
+        reader = _HashingReader(stream)
+        if read_members:
+            try:
+                with tarfile.open(fileobj=reader, mode="r|*") as tar:
+                    for member in tar:
+                        if member.isfile():
+                            key, suffix = split_member_name(member.name)
+                            keys.setdefault(key, set()).add(suffix)
+            except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
+                error = f"{type(exc).__name__}: {exc}"
+        while reader.read(1 << 20):
+            pass
+    return reader.hash.hexdigest(), keys, error
+
+
+def split_member_name(name: str) -> tuple[str, str]:
+    """``"dir/abc.rgb.png"`` -> (``"dir/abc"``, ``"rgb.png"``): WebDataset's key / field split."""
+    dirname, base = os.path.split(name)
+    stem, _, suffix = base.partition(".")
+    return os.path.join(dirname, stem), suffix.lower()
 
 
 def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:

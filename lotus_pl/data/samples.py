@@ -6,8 +6,14 @@ per-sample layout, so this is the single place that knows the byte formats:
 * ``rgb.png`` / ``rgb.jpg``: any PIL-readable image, converted to RGB.
 * ``depth.png``: uint16 PNG, metres = value / ``depth_scale`` (from ``json``);
   0 means invalid.
+* ``depth.npy``: float32 ``[H,W]`` metres (``np.save`` bytes), for ground truth
+  that 16 bits cannot hold to its own precision (ETH3D, DIODE: 0.5 m to
+  hundreds of metres); 0 or non-finite means invalid. No ``depth_scale``.
 * ``normal.png``: uint8 PNG, ``n = v / 255 * 2 - 1`` in the camera frame
   (x left, y up, z toward the camera); an all-zero pixel means invalid.
+* ``normal.npy``: float32 ``[H,W,3]`` normals in the same frame, for float
+  ground truth that 8 bits would round by up to ~0.3°; a zero or non-finite
+  vector means invalid.
 * ``albedo.png``: uint8 RGB reflectance.
 * ``json``: per-sample metadata (``depth_scale``, ``fx, fy, cx, cy``, ...).
 
@@ -29,8 +35,8 @@ from PIL import Image
 # Logical field -> accepted raw keys, first present wins.
 FIELD_KEYS: dict[str, tuple[str, ...]] = {
     "rgb": ("rgb.png", "rgb.jpg", "rgb.jpeg", "rgb.webp"),
-    "depth": ("depth.png",),
-    "normal": ("normal.png",),
+    "depth": ("depth.png", "depth.npy"),
+    "normal": ("normal.png", "normal.npy"),
     "albedo": ("albedo.png",),
     "mask": ("mask.png",),
     "json": ("json",),
@@ -73,6 +79,28 @@ def _to_rgb_float(img: Image.Image) -> np.ndarray:
     # L, LA, P, PA, RGBA, CMYK, YCbCr, 1, RGB: PIL handles the conversion
     # (alpha is dropped, palettes expanded).
     return np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+
+
+def _load_npy(raw: Mapping[str, Any], key: str, ndim: int) -> np.ndarray:
+    """An ``np.save`` payload as float64 with ``ndim`` dimensions (no pickles)."""
+    try:
+        arr = np.load(io.BytesIO(raw[key]), allow_pickle=False)
+    except Exception as exc:
+        raise SampleError(f"{_where(raw)}: cannot decode {key!r}: {exc}") from exc
+    if arr.ndim != ndim or not np.issubdtype(arr.dtype, np.number):
+        raise SampleError(f"{_where(raw)}: {key!r} must be a {ndim}-D numeric array, got {arr.dtype} {arr.shape}")
+    return arr.astype(np.float64)
+
+
+def _depth_scale(raw: Mapping[str, Any], meta: Mapping[str, Any]) -> float:
+    """The json's depth_scale; a zero, negative or non-finite one would silently void every pixel."""
+    try:
+        scale = float(meta["depth_scale"])
+    except (TypeError, ValueError):
+        scale = float("nan")
+    if not (np.isfinite(scale) and scale > 0):
+        raise SampleError(f"{_where(raw)}: depth_scale must be a positive finite number, got {meta['depth_scale']!r}")
+    return scale
 
 
 def _chw(arr: np.ndarray) -> torch.Tensor:
@@ -118,23 +146,34 @@ def decode_sample(
         out["image"] = _chw(_to_rgb_float(_open(raw, key)) * 2.0 - 1.0)
 
     if (key := _find(raw, "depth")) is not None:
-        img = _open(raw, key)
-        if "depth_scale" not in meta:
-            raise SampleError(f"{_where(raw)}: 'depth.png' present but json has no 'depth_scale'")
-        arr = np.asarray(img)
-        if arr.ndim != 2:
-            raise SampleError(f"{_where(raw)}: 'depth.png' must be single-channel, got mode {img.mode}")
-        depth = arr.astype(np.float64) / float(meta["depth_scale"])
+        if key == "depth.npy":
+            depth = _load_npy(raw, key, ndim=2)
+        else:
+            img = _open(raw, key)
+            if "depth_scale" not in meta:
+                raise SampleError(f"{_where(raw)}: 'depth.png' present but json has no 'depth_scale'")
+            arr = np.asarray(img)
+            if arr.ndim != 2:
+                raise SampleError(f"{_where(raw)}: 'depth.png' must be single-channel, got mode {img.mode}")
+            scale = _depth_scale(raw, meta)
+            depth = arr.astype(np.float64) / scale
         depth[~np.isfinite(depth) | (depth < 0)] = 0.0
         out["depth"] = torch.from_numpy(depth.astype(np.float32)[None])
 
     if (key := _find(raw, "normal")) is not None:
-        img = _open(raw, key)
-        if img.mode != "RGB":
-            raise SampleError(f"{_where(raw)}: 'normal.png' must be 8-bit RGB, got mode {img.mode}")
-        arr = np.asarray(img)
-        invalid = np.all(arr == 0, axis=-1)
-        n = arr.astype(np.float32) / 255.0 * 2.0 - 1.0
+        if key == "normal.npy":
+            n = _load_npy(raw, key, ndim=3)
+            if n.shape[-1] != 3:
+                raise SampleError(f"{_where(raw)}: 'normal.npy' must be [H, W, 3], got {n.shape}")
+            invalid = ~np.isfinite(n).all(axis=-1)
+            n[invalid] = 0.0
+        else:
+            img = _open(raw, key)
+            if img.mode != "RGB":
+                raise SampleError(f"{_where(raw)}: 'normal.png' must be 8-bit RGB, got mode {img.mode}")
+            arr = np.asarray(img)
+            invalid = np.all(arr == 0, axis=-1)
+            n = arr.astype(np.float32) / 255.0 * 2.0 - 1.0
         norm = np.linalg.norm(n, axis=-1, keepdims=True)
         n = np.where(norm > 1e-6, n / np.maximum(norm, 1e-6), 0.0)
         n[invalid] = 0.0
@@ -192,6 +231,13 @@ def encode_depth_png(depth_m: np.ndarray, scale: float) -> bytes:
     if q.ndim != 2:
         raise ValueError(f"expected [H,W] depth, got shape {q.shape}")
     return _png_bytes(Image.fromarray(q))  # uint16 -> mode I;16, stored as 16-bit PNG
+
+
+def encode_npy(arr: np.ndarray) -> bytes:
+    """A float32 array -> ``np.save`` bytes (``depth.npy`` / ``normal.npy``)."""
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(arr, dtype=np.float32), allow_pickle=False)
+    return buf.getvalue()
 
 
 def encode_normal_png(normal: np.ndarray) -> bytes:

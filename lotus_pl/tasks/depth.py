@@ -23,6 +23,7 @@ from PIL import Image
 from torch import Tensor
 
 from lotus_pl.alignment import DepthAlignment, DisparityAlignment
+from lotus_pl.edge_metrics import DepthEdgeMetrics, MetricGroup
 from lotus_pl.metrics import DepthMetrics
 from lotus_pl.tasks.base import Task
 from lotus_pl.visualize import colorize
@@ -99,15 +100,19 @@ class Depth(Task):
     Args:
         encoding: how depth becomes the annotation image (and which space predictions are in).
         min_depth, max_depth: valid ground-truth range (exclusive), for the loss mask and metrics.
+        edge_metrics: also score depth discontinuities (edge accuracy / completeness / F1); meaningful
+            on ground truth with exact edges, such as the procedural scenes.
     """
 
     name = "depth"
     gt_key = "depth"
 
-    def __init__(self, encoding: DepthEncoding | None = None, min_depth: float = 1e-3, max_depth: float = 80.0) -> None:
+    def __init__(self, encoding: DepthEncoding | None = None, min_depth: float = 1e-3, max_depth: float = 80.0,
+                 edge_metrics: bool = False) -> None:
         self.encoding = encoding if encoding is not None else NormalizedDisparity()
         self.min_depth = min_depth
         self.max_depth = max_depth
+        self.edge_metrics = edge_metrics
 
     def valid_mask(self, gt: Tensor) -> Tensor:
         return torch.isfinite(gt) & (gt > self.min_depth) & (gt < self.max_depth)
@@ -119,8 +124,12 @@ class Depth(Task):
         """Mean of the three channels, mapped from [-1, 1] to [0, 1] (relative depth or disparity)."""
         return ((image.mean(dim=1, keepdim=True) + 1) / 2).clamp(0, 1)
 
-    def metric(self) -> DepthMetrics:
-        return DepthMetrics(alignment=self.encoding.alignment(), min_depth=self.min_depth, max_depth=self.max_depth)
+    def metric(self) -> DepthMetrics | MetricGroup:
+        metric = DepthMetrics(alignment=self.encoding.alignment(), min_depth=self.min_depth, max_depth=self.max_depth)
+        if not self.edge_metrics:
+            return metric
+        edges = DepthEdgeMetrics(alignment=self.encoding.alignment(), min_depth=self.min_depth, max_depth=self.max_depth)
+        return MetricGroup({"depth": metric, "edges": edges}, compute_groups=False)
 
     def headline(self, results: dict[str, Tensor]) -> tuple[str, float]:
         return "abs_rel", float(results["abs_rel"])
