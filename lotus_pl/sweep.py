@@ -230,7 +230,8 @@ def _last_logged(run_dir: Path) -> dict[str, float]:
 
 def _run_result(run: dict[str, Any]) -> dict[str, Any]:
     run_dir = Path(run["dir"])
-    row = {"index": run["index"], "label": run["label"], "seed": run["seed"], **{k: short(v) for k, v in run["overrides"].items()}}
+    row = {"index": run["index"], "label": run["label"], "seed": run["seed"],
+           **{k.rsplit(".", 1)[-1]: short(v) for k, v in run["overrides"].items()}}
     report = run_dir / REPORT
     if report.is_file():
         data = json.loads(report.read_text())
@@ -261,7 +262,11 @@ def collect(sweep_dir: str | Path, metrics: list[str] | None = None) -> dict[str
     sweep_dir = Path(sweep_dir)
     plan = json.loads((sweep_dir / PLAN).read_text())
     rows = [_run_result(r) for r in plan["runs"]]
-    override_keys = list(dict.fromkeys(k for r in plan["runs"] for k in r["overrides"]))
+    dotted = list(dict.fromkeys(k for r in plan["runs"] for k in r["overrides"]))
+    names = {k: k.rsplit(".", 1)[-1] for k in dotted}  # "model.parameterization" -> "parameterization"
+    if len(set(names.values())) < len(names):
+        names = {k: k for k in dotted}
+    override_keys = list(names.values())
     metric_keys = metrics or [k for k in ("abs_rel", "delta1", "mean", "a11_25", "edge_f1", "edge_accuracy", "edge_completeness")
                                if any(k in r for r in rows)]
 
