@@ -190,3 +190,23 @@ def test_resume_picks_the_newest_checkpoint(tmp_path):
     assert newest_checkpoint(str(tmp_path)) == str(hpc)
     os.utime(hpc, (0, 0))
     assert newest_checkpoint(str(tmp_path)) == str(last)
+
+
+SPECS = sorted((ROOT / "experiments" / "ablations").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("spec_path", [p for p in SPECS if p.name != "embedded_base.yaml"], ids=lambda p: p.stem)
+def test_every_shipped_spec_expands_to_valid_configs(spec_path, tmp_path, monkeypatch, capsys):
+    from lotus_pl.cli import main
+
+    spec = SweepSpec.load(spec_path)
+    spec.output_dir = str(tmp_path / spec.name)
+    plan = expand(spec)
+    assert len(plan["runs"]) == len(spec.settings()) * len(spec.seeds) > 1
+    monkeypatch.chdir(ROOT)
+    for run in (plan["runs"][0], plan["runs"][-1]):
+        with pytest.raises(SystemExit) as exit_info:
+            main([*run["command"][1:-2], "--print_config"])
+        assert exit_info.value.code == 0, capsys.readouterr().err[-2000:]
+        printed = yaml.safe_load(capsys.readouterr().out)
+        assert printed["trainer"]["default_root_dir"] == run["dir"]
