@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 from lightning import Callback, LightningModule, Trainer
-from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.callbacks import BasePredictionWriter, WeightAveraging
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
 log = logging.getLogger(__name__)
@@ -97,9 +97,18 @@ class LearningReport(Callback):
         self.baselines["mean_target"] = evaluate(pl_module, val, predict_mean)
         pl_module.train()
 
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """With weight averaging (EMA), also score the raw weights before the average replaces them.
+        List this callback before the averaging callback so that its ``on_train_end`` runs first."""
+        if any(isinstance(c, WeightAveraging) for c in trainer.callbacks):
+            pl_module.eval()
+            self.raw = evaluate(pl_module, trainer.datamodule.val_dataloader(), lambda b: pl_module.predict_image(b["image"]))
+
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         pl_module.eval()
         results = dict(self.baselines)
+        if getattr(self, "raw", None) is not None:
+            results["trained_raw_weights"] = self.raw
         results["trained"] = evaluate(pl_module, trainer.datamodule.val_dataloader(), lambda b: pl_module.predict_image(b["image"]))
         results["global_step"] = trainer.global_step
         out = Path(trainer.log_dir or trainer.default_root_dir) / "learning_report.json"  # a collective: all ranks
@@ -109,11 +118,11 @@ class LearningReport(Callback):
     def _report(self, pl_module: LightningModule, results: dict[str, Any], out: Path) -> None:
         name, _ = pl_module.task.headline(results["trained"])
         lines = [f"Learning report ({pl_module.task.name}, validation set, step {results['global_step']}):"]
-        for row in ("untrained", "mean_target", "trained"):
+        for row in ("untrained", "mean_target", "trained_raw_weights", "trained"):
             if row in results:
                 metrics = results[row]
                 extra = "  ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k != name)
-                lines.append(f"  {row:<12} {name}={metrics[name]:.4f}  {extra}")
+                lines.append(f"  {row:<19} {name}={metrics[name]:.4f}  {extra}")
         if "untrained" in results and "mean_target" in results:
             trained = results["trained"][name]
             lines.append(

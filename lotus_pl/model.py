@@ -65,6 +65,11 @@ class LotusModel(LightningModule):
         lr_scheduler: optional learning-rate scheduler factory, stepped every optimizer step.
         processing_resolution: longest image edge at inference (0 = native size).
         gradient_checkpointing: recompute UNet activations in the backward pass to save memory.
+        channels_last: keep the UNet and its inputs in channels-last memory format (faster convolutions
+            on recent GPUs, with ``compile_unet``).
+        compile_unet: ``torch.compile`` the UNet (in place, so checkpoints keep their keys).
+        tile_size, tile_overlap: predict images larger than ``processing_resolution`` also in native
+            tiles of this size (0 = off), overlapping by ``tile_overlap`` pixels.
         seed: seed of the inference noise (Lotus-G), so predictions are reproducible.
     """
 
@@ -82,6 +87,10 @@ class LotusModel(LightningModule):
         lr_scheduler: LRSchedulerCallable | None = None,
         processing_resolution: int = 0,
         gradient_checkpointing: bool = False,
+        channels_last: bool = False,
+        compile_unet: bool = False,
+        tile_size: int = 0,
+        tile_overlap: int = 64,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -103,6 +112,12 @@ class LotusModel(LightningModule):
         self.unet = denoiser.build(formulation.unet_in_channels(channels), channels, 2 * self.num_switch_states)
         if gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
+        self.channels_last = channels_last
+        if channels_last:
+            self.unet.to(memory_format=torch.channels_last)
+        if compile_unet:
+            self.unet.compile()
+        self.tile_size, self.tile_overlap = tile_size, tile_overlap
         self.register_buffer("text_context", denoiser.text_context(), persistent=False)
         self.size_multiple = codec.downsample * 2 ** (len(self.unet.config.block_out_channels) - 1)
         self.val_metric = task.metric()
@@ -154,6 +169,8 @@ class LotusModel(LightningModule):
         t = self.timesteps.training_timesteps(x0.shape[0], self.noise_schedule.num_train_timesteps, self.device)
         noise = torch.randn_like(x0)
         unet_input, target = self.formulation.training_pair(unet_image, x0, t, noise, self.noise_schedule, self.parameterization)
+        if self.channels_last:
+            unet_input = unet_input.contiguous(memory_format=torch.channels_last)
         context = self.text_context.expand(x0.shape[0], -1, -1)
         out = self.unet(unet_input, t, encoder_hidden_states=context.to(unet_input.dtype), class_labels=labels).sample
 
@@ -188,12 +205,19 @@ class LotusModel(LightningModule):
         """The task's prediction for ``[B, 3, H, W]`` images in [-1, 1], at their own size.
 
         Resizes the longest edge to ``processing_resolution`` (0 keeps it), pads to the UNet's size
-        multiple by edge replication, runs the model, crops the padding and resizes back.
+        multiple by edge replication, runs the model, crops the padding and resizes back. With
+        ``tile_size`` set, images larger than the processing resolution are also predicted tile by
+        tile at native resolution, each tile aligned to the whole-image prediction and blended.
         """
+        if self.tile_size and self.processing_resolution and max(image.shape[-2:]) > self.processing_resolution:
+            return self._predict_tiled(image)
+        return self._predict_at(image, self.processing_resolution)
+
+    def _predict_at(self, image: Tensor, resolution: int) -> Tensor:
         height, width = image.shape[-2:]
         x = image
-        if self.processing_resolution > 0 and max(height, width) != self.processing_resolution:
-            scale = self.processing_resolution / max(height, width)
+        if resolution > 0 and max(height, width) != resolution:
+            scale = resolution / max(height, width)
             size = (max(1, round(height * scale)), max(1, round(width * scale)))
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
         h, w = x.shape[-2:]
@@ -201,8 +225,38 @@ class LotusModel(LightningModule):
         pad_h, pad_w = (-h) % m, (-w) % m
         if pad_h or pad_w:
             x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         decoded = self.codec.decode(self.predict_latent(self.codec.encode(x)))[..., :h, :w]
         return self.task.resize_for(self.task.decode(decoded.float()), (height, width))
+
+    def _predict_tiled(self, image: Tensor) -> Tensor:
+        """Whole image at the processing resolution for the global layout, then overlapping native
+        tiles for detail, each aligned to the global prediction (``Task.align``) and feathered in."""
+        height, width = image.shape[-2:]
+        reference = self._predict_at(image, self.processing_resolution)
+        tile = min(self.tile_size, height, width)
+        overlap = min(self.tile_overlap, tile // 2)
+        stride = tile - overlap
+
+        def starts(size: int) -> list[int]:
+            last = max(size - tile, 0)
+            return sorted({*range(0, last, stride), last})
+
+        ramp = torch.ones(tile, device=image.device)
+        if overlap:
+            edge = torch.linspace(0, 1, overlap + 2, device=image.device)[1:-1]
+            ramp[:overlap], ramp[-overlap:] = edge, edge.flip(0)
+        weight_tile = ramp[:, None] * ramp[None, :]
+        total = torch.zeros_like(reference)
+        weight = torch.zeros(1, 1, height, width, device=image.device)
+        for top in starts(height):
+            for left in starts(width):
+                window = (..., slice(top, top + tile), slice(left, left + tile))
+                pred = self._predict_at(image[window], 0)
+                total[window] += self.task.align(pred, reference[window]) * weight_tile
+                weight[window] += weight_tile
+        return self.task.resize_for(total / weight.clamp_min(1e-12), (height, width))
 
     # ------------------------------------------------------------------ validation / test
     def valid_mask(self, batch: dict[str, Tensor]) -> Tensor:

@@ -56,6 +56,11 @@ class Task(ABC):
     def save(self, pred: np.ndarray, out_dir: Path, stem: str) -> list[Path]:
         """Write one ``[C, H, W]`` prediction to files; return their paths."""
 
+    def align(self, pred: Tensor, reference: Tensor) -> Tensor:
+        """Bring a tile's prediction onto a reference prediction of the same pixels (tiled inference).
+        Absolute outputs (normals) need nothing; relative ones (affine-invariant depth) override."""
+        return pred
+
     def resize_for(self, pred: Tensor, size: tuple[int, int]) -> Tensor:
         """Resize a prediction to ``size`` (H, W); tasks with constraints (unit norm) override."""
         import torch.nn.functional as F

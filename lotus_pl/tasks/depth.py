@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from lotus_pl.alignment import DepthAlignment, DisparityAlignment
+from lotus_pl.alignment import DepthAlignment, DisparityAlignment, least_squares_scale_shift
 from lotus_pl.edge_metrics import DepthEdgeMetrics, MetricGroup
 from lotus_pl.metrics import DepthMetrics
 from lotus_pl.tasks.base import Task
@@ -123,6 +123,11 @@ class Depth(Task):
     def decode(self, image: Tensor) -> Tensor:
         """Mean of the three channels, mapped from [-1, 1] to [0, 1] (relative depth or disparity)."""
         return ((image.mean(dim=1, keepdim=True) + 1) / 2).clamp(0, 1)
+
+    def align(self, pred: Tensor, reference: Tensor) -> Tensor:
+        """Least-squares scale and shift of a tile onto the whole-image prediction (both relative)."""
+        scale, shift = least_squares_scale_shift(pred, reference, torch.ones_like(pred, dtype=torch.bool))
+        return pred * scale.reshape(-1, 1, 1, 1) + shift.reshape(-1, 1, 1, 1)
 
     def metric(self) -> DepthMetrics | MetricGroup:
         metric = DepthMetrics(alignment=self.encoding.alignment(), min_depth=self.min_depth, max_depth=self.max_depth)
