@@ -5,7 +5,9 @@
 dotted overrides work, and ``--print_config`` shows the resolved configuration. Every piece is
 chosen by ``class_path`` in YAML, so there is no option here that switches behaviour by string.
 
-``lotus_pl data <source> ...`` runs the dataset converters; ``lotus_pl sweep ...`` expands, runs and
+``lotus_pl data <source> ...`` runs the dataset converters (training sources and the evaluation
+benchmarks); ``lotus_pl eval-suite ...`` evaluates a model on every benchmark of a task
+(:mod:`lotus_pl.evaluation.suite`); ``lotus_pl sweep ...`` expands, runs and
 collects ablation sweeps (:mod:`lotus_pl.sweep`).
 """
 
@@ -49,18 +51,46 @@ def newest_checkpoint(run_dir: str) -> str | None:
 
 
 def data_main(args: list[str]) -> None:
-    """``lotus_pl data <source>``: build shards and manifests."""
+    """``lotus_pl data <source>``: build shards and manifests; ``lotus_pl data verify <manifest>``: check them."""
     from jsonargparse import CLI
 
     from lotus_pl.data.synthetic import make_synthetic
+    from lotus_pl.evaluation import datasets
+    from lotus_pl.evaluation.normals import convert_normals
 
-    CLI({"synthetic": make_synthetic}, args=args, as_positional=False)
+    if args and args[0] == "verify":
+        from lotus_pl.data.manifest import verify_main
+
+        if status := verify_main(args[1:]):
+            sys.exit(status)
+        return
+    from lotus_pl.data.hypersim import make_hypersim
+    from lotus_pl.data.vkitti import make_vkitti
+
+    converters = {
+        "synthetic": make_synthetic,
+        "hypersim": make_hypersim,
+        "vkitti": make_vkitti,
+        "nyuv2": datasets.convert_nyuv2,
+        "kitti": datasets.convert_kitti,
+        "eth3d": datasets.convert_eth3d,
+        "scannet": datasets.convert_scannet,
+        "diode": datasets.convert_diode,
+        "normals": convert_normals,
+    }
+    CLI(converters, args=args, as_positional=False)
 
 
 def main(args: list[str] | None = None) -> None:
     argv = sys.argv[1:] if args is None else list(args)
     if argv and argv[0] == "data":
         data_main(argv[1:])
+        return
+    if argv and argv[0] == "eval-suite":
+        from lotus_pl.evaluation.suite import suite_main
+
+        if status := suite_main(argv[1:]):
+            sys.exit(status)  # some dataset failed
         return
     if argv and argv[0] == "sweep":
         from lotus_pl.sweep import sweep_main

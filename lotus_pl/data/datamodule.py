@@ -1,85 +1,351 @@
 """The DataModule: WebDataset shards (from manifests) for fit/validate/test, image files for predict.
 
-Training streams shards with replacement (``resampled``), so the stream is endless and every rank
-and worker draws its own deterministic shard sequence: all ranks run the same number of steps and
-DDP never waits on a rank whose data ran out. Evaluation reads each shard once, split across ranks
-and workers. Samples are decoded by :func:`lotus_pl.data.samples.decode_sample`, which names the
-shard and key of anything missing or corrupt.
+Training splits each source's shards disjointly over ranks and then over each rank's loader
+workers, balancing sample counts (uneven shards are fine: the manifest knows every shard's count).
+Each reader loops over its share endlessly, reshuffling the share's order every pass, so the stream
+never runs dry: every rank runs the same number of steps (``max_steps``) and DDP never waits on a
+rank whose data ended, while no sample is seen by two readers. With fewer shards than readers,
+readers that must share shards keep every k-th sample of them instead (still disjoint, k times the
+reading) and a warning says so. Evaluation reads each sample once, split the same way. Sources are
+stored at their training size (the converters resize Hypersim and crop VKITTI), so nothing is
+resized here.
+
+Training batches carry ``image`` as uint8 until they reach the device, where
+:meth:`DenseDataModule.on_after_batch_transfer` turns it into the float [-1, 1] the model uses (bit
+for bit what the float decode gives): workers ship a quarter of the image bytes. Batches are
+mirrored while they are stacked (one copy, not two). Iterating ``train_dataloader()`` yourself,
+pass each batch through ``on_after_batch_transfer``; evaluation batches are floats already.
+
+Shards are opened as WebDataset opens them (local paths, ``pipe:`` commands, URLs). Bad data follows
+``on_bad_sample``: ``raise`` stops with an error naming the shard and sample; ``skip`` drops the
+sample (or the rest of a broken shard), counts it, and logs one warning per shard and key. Covered:
+truncated or unreadable shards, sample counts that differ from the manifest, undecodable images,
+missing required fields, non-finite numbers, and (``verify_shards``) shards whose sha256 differs.
+
+Everything random (shard assignment and order, shuffle buffer, flips, source choice) is seeded from
+``seed``, the rank and the worker, so a run is reproducible for a given number of ranks and workers.
+A run resumed from a checkpoint restarts the streams from their first pass (same seeds), which
+repeats some samples early; the stream position is not checkpointed.
 """
 
 from __future__ import annotations
 
+import logging
 import random
+import tarfile
+import zlib
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+import numpy as np
 import torch
 import webdataset as wds
 from lightning import LightningDataModule
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from lotus_pl.data.images import ImageFiles, collate_images
-from lotus_pl.data.manifest import Manifest
-from lotus_pl.data.samples import decode_sample
+from lotus_pl.data.manifest import Manifest, iter_tar, split_member_name
+from lotus_pl.data.samples import SampleError, decode_sample, image_to_float
 from lotus_pl.tasks.normal import hflip_normals
+
+log = logging.getLogger(__name__)
 
 _TENSOR_FIELDS = ("image", "depth", "normal", "albedo", "mask", "intrinsics")
 
 
-def collate_samples(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack the tensor fields every sample has; keep sample keys for error messages and outputs."""
+def collate_samples(samples: list[dict[str, Any]], flips: list[bool] | None = None) -> dict[str, Any]:
+    """Stack the tensor fields every sample has, mirroring the samples marked in ``flips`` on the way;
+    keep sample keys for error messages and outputs.
+
+    Mirroring while stacking costs one copy per field instead of two (flip, then stack), and inside
+    a loader worker the batch is built in shared memory, so handing it to the main process costs
+    no further copy. At 576×768 these copies are a sizeable part of the loader's work.
+    """
+    flips = flips or [False] * len(samples)
     batch: dict[str, Any] = {"key": [s["meta"].get("__key__") for s in samples]}
     for field in _TENSOR_FIELDS:
-        if all(field in s for s in samples):
-            batch[field] = torch.stack([s[field] for s in samples])
+        if not all(field in s for s in samples):
+            continue
+        values = [s[field] for s in samples]
+        if len({v.shape for v in values}) > 1:
+            raise ValueError(f"{field!r} differs in shape within a batch: {[tuple(v.shape) for v in values]}")
+        out = _batch_tensor(values[0], len(values))
+        for i, (value, flip) in enumerate(zip(values, flips)):
+            if not flip:
+                np.copyto(out[i].numpy(), value.numpy())  # numpy: one thread, as fast as it gets per worker
+            elif field == "intrinsics":  # pixel u has its centre at u + 0.5, so the mirror of cx is W - cx
+                fx, fy, cx, cy = value.tolist()
+                out[i] = torch.tensor([fx, fy, samples[i]["image"].shape[-1] - cx, cy])
+            else:
+                _copy_mirrored(out[i], value, negate_x=field == "normal")
+        batch[field] = out
     return batch
 
 
-class RandomHorizontalFlip:
-    """Mirror a sample with probability ``p``; normals also get their x negated."""
+def _batch_tensor(like: torch.Tensor, size: int) -> torch.Tensor:
+    """An uninitialised ``[size, *like.shape]`` tensor; in shared memory inside a loader worker
+    (as torch's default collate does), so that sending it to the main process copies nothing."""
+    if get_worker_info() is not None:
+        try:
+            storage = like._typed_storage()._new_shared(size * like.numel(), device=like.device)
+            return like.new(storage).resize_(size, *like.shape)
+        except (AttributeError, RuntimeError):  # a torch without this private path: an ordinary tensor
+            pass
+    return torch.empty((size, *like.shape), dtype=like.dtype)
 
-    def __init__(self, p: float, seed: int) -> None:
-        self.p, self.seed, self.rng = p, seed, None
 
-    def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
-        if self.rng is None:  # seeded per rank and worker, on first use inside the worker
-            rank, _, worker, _ = wds.utils.pytorch_worker_info()
-            self.rng = random.Random(f"{self.seed}-{rank}-{worker}")
-        if self.rng.random() >= self.p:
-            return sample
-        out = dict(sample)
-        for field in ("image", "depth", "albedo", "mask"):
-            if field in out:
-                out[field] = out[field].flip(-1)
-        if "normal" in out:
-            out["normal"] = hflip_normals(out["normal"])
-        if "intrinsics" in out:  # cx' = W - cx with pixel-centre coordinates
-            fx, fy, cx, cy = out["intrinsics"].tolist()
-            out["intrinsics"] = torch.tensor([fx, fy, out["image"].shape[-1] - cx, cy])
-        return out
+def _copy_mirrored(out: torch.Tensor, value: torch.Tensor, negate_x: bool) -> None:
+    """Copy ``value`` [C, H, W] mirrored along W into ``out`` in one pass (numpy reads the reversed view)."""
+    dst, src = out.numpy(), value.numpy()[..., ::-1]
+    if negate_x:  # normals: a mirrored surface's normal has its x negated
+        np.negative(src[:1], out=dst[:1])
+        np.copyto(dst[1:], src[1:])
+    else:
+        np.copyto(dst, src)
+
+
+def hflip_sample(sample: dict[str, Any]) -> dict[str, Any]:
+    """Mirror one sample: pixels flip, normals also get their x negated, and cx becomes W - cx.
+    (Training batches mirror while stacking, in :func:`collate_samples`, to the same effect.)"""
+    out = dict(sample)
+    for field in ("image", "depth", "albedo", "mask"):
+        if field in out:
+            out[field] = out[field].flip(-1)
+    if "normal" in out:
+        out["normal"] = hflip_normals(out["normal"])
+    if "intrinsics" in out:
+        fx, fy, cx, cy = out["intrinsics"].tolist()
+        out["intrinsics"] = torch.tensor([fx, fy, out["image"].shape[-1] - cx, cy])
+    return out
+
+
+# --------------------------------------------------------------------------- #
+# Bad data
+# --------------------------------------------------------------------------- #
+class ShardError(SampleError):
+    """A shard that cannot be read to its end, or that holds a different number of samples."""
+
+
+class BadData:
+    """The ``on_bad_sample`` policy: raise the error, or skip, count and warn once per shard and key."""
+
+    def __init__(self, mode: str) -> None:
+        if mode not in ("raise", "skip"):
+            raise ValueError(f"on_bad_sample must be 'raise' or 'skip', got {mode!r}")
+        self.mode, self.skipped, self._warned = mode, 0, set()
+
+    def __call__(self, error: Exception, shard: str, key: str) -> None:
+        if self.mode == "raise":
+            raise error
+        self.skipped += 1
+        if (shard, key) not in self._warned:
+            self._warned.add((shard, key))
+            log.warning("skipping bad data in shard %s, key %s (%d skipped so far by this reader): %s",
+                        shard, key, self.skipped, error)
+
+
+@dataclass
+class SampleDecoder:
+    """Raw sample -> tensors: only the fields needed, anything broken raised as a SampleError.
+
+    Pixels decoded from PNG/JPEG are finite by construction, a depth_scale that is not a positive
+    finite number is refused by :func:`decode_sample`, and non-finite pixels of float (``.npy``)
+    ground truth mean "invalid" in the shard format; what remains to check is the json's numbers.
+    """
+
+    required: list[str]
+    uint8_image: bool = False  # training: the device turns it into floats (DenseDataModule.on_after_batch_transfer)
+
+    def __call__(self, raw: dict[str, Any]) -> dict[str, Any]:
+        wanted = {"json", "mask", "rgb", *("rgb" if f == "image" else f for f in self.required)}
+        raw = {k: v for k, v in raw.items() if k.startswith("__") or k.split(".", 1)[0] in wanted}
+        sample = decode_sample(raw, required=self.required, uint8_image=self.uint8_image)
+        if "intrinsics" in sample and not torch.isfinite(sample["intrinsics"]).all():
+            raise SampleError(f"sample {raw.get('__key__')!r} in shard {raw.get('__url__')!r}: "
+                              f"non-finite values in 'intrinsics' {sample['intrinsics'].tolist()}")
+        return sample
+
+
+# --------------------------------------------------------------------------- #
+# Who reads what
+# --------------------------------------------------------------------------- #
+def assign_shards(counts: list[int], parts: int, seed: int) -> list[list[int]]:
+    """Split shard indices into ``parts`` disjoint groups with sample totals as even as a greedy
+    largest-first assignment makes them (ties broken by a seeded order, the same on every rank)."""
+    order = list(range(len(counts)))
+    random.Random(f"assign-{seed}").shuffle(order)
+    order.sort(key=lambda i: -counts[i])  # stable: equal counts keep the seeded order
+    groups: list[list[int]] = [[] for _ in range(parts)]
+    totals = [0] * parts
+    for i in order:
+        part = min(range(parts), key=lambda p: (totals[p], len(groups[p]), p))
+        groups[part].append(i)
+        totals[part] += counts[i]
+    return [sorted(g) for g in groups]
+
+
+@dataclass(frozen=True)
+class ReaderShare:
+    """A reader's part of a source: these shards, and of their samples every ``stride``-th from ``offset``."""
+
+    shards: tuple[int, ...]
+    stride: int = 1
+    offset: int = 0
+
+
+def reader_share(counts: list[int], rank: int, world_size: int, worker: int, workers: int, seed: int) -> ReaderShare:
+    """Shards to ranks, then a rank's shards to its workers. A level with fewer shards than readers
+    shares them and strides over their samples instead, so shares stay disjoint and complete."""
+    shards, stride, offset = tuple(range(len(counts))), 1, 0
+    for index, parts in ((rank, world_size), (worker, workers)):
+        if len(shards) >= parts:
+            groups = assign_shards([counts[i] for i in shards], parts, seed)
+            shards = tuple(shards[j] for j in groups[index])
+        else:
+            offset += stride * index
+            stride *= parts
+    return ReaderShare(shards, stride, offset)
+
+
+def _worker() -> tuple[int, int]:
+    info = get_worker_info()
+    return (0, 1) if info is None else (info.id, info.num_workers)
+
+
+def iter_shard(url: str) -> Iterator[dict[str, Any]]:
+    """The samples of one tar shard as dicts of bytes (``__key__``, ``__url__``, one entry per file)."""
+    sample: dict[str, Any] | None = None
+    with wds.gopen(url, "rb") as stream:
+        for name, data in iter_tar(stream):
+            key, suffix = split_member_name(name)
+            if sample is not None and sample["__key__"] != key:
+                yield sample
+                sample = None
+            if sample is None:
+                sample = {"__key__": key, "__url__": url}
+            sample[suffix] = data
+    if sample is not None:
+        yield sample
+
+
+class ShardStream(IterableDataset):
+    """Raw samples of this reader's share of a source's shards: once, or endlessly with the share's
+    order reshuffled every pass. Broken shards go to the bad-data policy."""
+
+    def __init__(self, urls: list[str], counts: list[int], rank: int, world_size: int, seed: int,
+                 endless: bool, shuffle: bool, bad_data: BadData) -> None:
+        self.urls, self.counts, self.rank, self.world_size = urls, counts, rank, world_size
+        self.seed, self.endless, self.shuffle, self.bad_data = seed, endless, shuffle, bad_data
+
+    def share(self) -> ReaderShare:
+        worker, workers = _worker()
+        return reader_share(self.counts, self.rank, self.world_size, worker, workers, self.seed)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        share = self.share()
+        epoch = 0
+        while True:
+            order = list(share.shards)
+            if self.shuffle:  # same order for every reader sharing these shards, so strides stay disjoint
+                random.Random(f"order-{self.seed}-{epoch}-{order}").shuffle(order)
+            index = kept = 0
+            for shard in order:
+                for raw in self._read(shard):
+                    if index % share.stride == share.offset:
+                        kept += 1
+                        yield raw
+                    index += 1
+            if not self.endless:
+                return
+            if not kept:
+                raise RuntimeError(f"no readable samples in shards {[self.urls[i] for i in share.shards]} "
+                                   f"(stride {share.stride}, offset {share.offset})")
+            epoch += 1
+
+    def _read(self, shard: int) -> Iterator[dict[str, Any]]:
+        url, expected, read, last = self.urls[shard], self.counts[shard], 0, None
+        try:
+            for raw in iter_shard(url):
+                read, last = read + 1, raw["__key__"]
+                yield raw
+        except (tarfile.TarError, OSError, EOFError, zlib.error, ValueError) as exc:
+            self.bad_data(ShardError(f"shard {url!r} unreadable after sample {last!r} ({read} of {expected} samples): "
+                                     f"{type(exc).__name__}: {exc}"), url, f"after {last}")
+            return
+        if read != expected:
+            self.bad_data(ShardError(f"shard {url!r} holds {read} samples, its manifest says {expected}"),
+                          url, "sample count")
+
+
+def shuffled(items: Iterable[Any], size: int, rng: random.Random) -> Iterator[Any]:
+    """A shuffle buffer of ``size`` items: each item out is a random one of the last ``size`` in."""
+    buffer: list[Any] = []
+    for item in items:
+        if len(buffer) < size:
+            buffer.append(item)
+            continue
+        index = rng.randrange(size)
+        yield buffer[index]
+        buffer[index] = item
+    rng.shuffle(buffer)
+    yield from buffer
+
+
+class SourceBatches(IterableDataset):
+    """Batches of one source: raw samples shuffled, decoded, flipped at random, and batched."""
+
+    def __init__(self, stream: ShardStream, decode: Callable[[dict[str, Any]], dict[str, Any]], batch_size: int,
+                 shuffle_buffer: int, hflip: float, partial: bool, bad_data: BadData, seed: int) -> None:
+        self.stream, self.decode, self.batch_size = stream, decode, batch_size
+        self.shuffle_buffer, self.hflip, self.partial = shuffle_buffer, hflip, partial
+        self.bad_data, self.seed = bad_data, seed
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        rng = random.Random(f"batches-{self.seed}-{self.stream.rank}-{_worker()[0]}")
+        raws: Iterable[dict[str, Any]] = self.stream
+        if self.shuffle_buffer > 1:
+            raws = shuffled(raws, self.shuffle_buffer, rng)
+        batch, flips = [], []
+        for raw in raws:
+            try:
+                sample = self.decode(raw)
+            except SampleError as exc:
+                self.bad_data(exc, raw.get("__url__", "?"), raw.get("__key__", "?"))
+                continue
+            batch.append(sample)
+            flips.append(bool(self.hflip) and rng.random() < self.hflip)
+            if len(batch) == self.batch_size:
+                yield collate_samples(batch, flips)
+                batch, flips = [], []
+        if batch and self.partial:
+            yield collate_samples(batch, flips)
 
 
 class MixedBatches(IterableDataset):
     """Draw each batch whole from one source, chosen with the given probabilities.
 
     Sources of different resolutions cannot share a batch, so Lotus mixes Hypersim and Virtual KITTI
-    by batch (p = 0.9 / 0.1). The choice is seeded per rank and worker, like the shard sampling.
+    by batch (p = 0.9 / 0.1). The choice is seeded per rank and worker, like everything else.
     """
 
-    def __init__(self, sources: list, probabilities: list[float], seed: int) -> None:
+    def __init__(self, sources: list[IterableDataset], probabilities: list[float], seed: int, rank: int = 0) -> None:
         if len(sources) != len(probabilities) or any(p < 0 for p in probabilities) or sum(probabilities) <= 0:
             raise ValueError(f"need one non-negative probability per training source, got {probabilities} for {len(sources)} sources")
-        self.sources, self.seed = sources, seed
+        self.sources, self.seed, self.rank = sources, seed, rank
         self.probabilities = [p / sum(probabilities) for p in probabilities]
 
-    def __iter__(self):
-        rank, _, worker, _ = wds.utils.pytorch_worker_info()
-        rng = random.Random(f"mix-{self.seed}-{rank}-{worker}")
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        rng = random.Random(f"mix-{self.seed}-{self.rank}-{_worker()[0]}")
         iterators = [iter(s) for s in self.sources]
         while True:
             yield next(iterators[rng.choices(range(len(iterators)), weights=self.probabilities)[0]])
 
 
+# --------------------------------------------------------------------------- #
+# The DataModule
+# --------------------------------------------------------------------------- #
 class SyntheticScenes:
     """Render the procedural scenes into shards when a manifest they should fill is missing.
 
@@ -120,9 +386,13 @@ class DenseDataModule(LightningDataModule):
         eval_batch_size: validation/test batch size per device.
         num_workers: loader processes per device.
         hflip: probability of a random horizontal flip in training.
-        shuffle_buffer: samples held for shuffling the training stream.
-        seed: seed of the shard sampling and augmentation.
+        shuffle_buffer: raw samples held per reader for shuffling the training stream.
+        seed: seed of the shard assignment and order, the shuffle, the flips and the source choice.
         required: sample fields every sample must have (the task's ground truth is added).
+        on_bad_sample: ``raise`` (stop with an error naming shard and sample) or ``skip`` (drop it,
+            count it, warn once per shard and key).
+        verify_shards: check every shard's sha256 and sample count against its manifest before
+            reading (one extra pass over the data); a mismatching shard follows ``on_bad_sample``.
         synthetic: render the procedural scenes into missing manifests (the embedded default).
         predict_input: a file, folder or glob of images for ``lotus_pl predict``.
         predict_batch_size: images per predict batch (same-sized images only when > 1).
@@ -141,6 +411,8 @@ class DenseDataModule(LightningDataModule):
         shuffle_buffer: int = 256,
         seed: int = 0,
         required: list[str] | None = None,
+        on_bad_sample: Literal["raise", "skip"] = "raise",
+        verify_shards: bool = False,
         synthetic: SyntheticScenes | None = None,
         predict_input: str | None = None,
         predict_batch_size: int = 1,
@@ -151,6 +423,8 @@ class DenseDataModule(LightningDataModule):
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
         self.hflip, self.shuffle_buffer, self.seed = hflip, shuffle_buffer, seed
         self.required = list(required or ["rgb"])
+        self.bad_data = BadData(on_bad_sample)
+        self.verify_shards = verify_shards
         self.synthetic = synthetic
         self.predict_input, self.predict_batch_size = predict_input, predict_batch_size
 
@@ -170,52 +444,74 @@ class DenseDataModule(LightningDataModule):
             fields.append(task.gt_key)
         return fields
 
-    def _decode(self, raw: dict[str, Any]) -> dict[str, Any]:
-        """Decode only what is needed: the required fields, the json metadata and any validity mask."""
-        fields = self._required_fields()
-        wanted = {"json", "mask", "image" if "rgb" in fields else "rgb", *fields}
-        raw = {k: v for k, v in raw.items() if k.startswith("__") or k.split(".", 1)[0] in wanted}
-        return decode_sample(raw, required=fields)
+    def _rank_world(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None:
+            return trainer.global_rank, trainer.world_size
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_rank(), torch.distributed.get_world_size()
+        return 0, 1
 
-    @staticmethod
-    def _require(manifest: str | None, purpose: str) -> str:
-        if manifest is None:
+    def _shards(self, manifest_path: str | None, purpose: str) -> tuple[list[str], list[int]]:
+        """URLs and sample counts of a manifest's shards (those that verify, with ``verify_shards``)."""
+        if manifest_path is None:
             raise ValueError(f"no {purpose} manifest configured (set data.{purpose}_manifest)")
-        return manifest
+        manifest = Manifest.load(manifest_path)
+        entries = manifest.shards
+        if self.verify_shards:
+            good = []
+            for entry in entries:
+                problems = manifest.check_shard(entry)
+                if problems:
+                    self.bad_data(ShardError("; ".join(problems)), manifest.url(entry), "whole shard")
+                else:
+                    good.append(entry)
+            entries = good
+        if not entries:
+            raise ValueError(f"{manifest_path}: no usable shards for {purpose}")
+        return [manifest.url(e) for e in entries], [e.num_samples for e in entries]
 
-    @classmethod
-    def _urls(cls, manifest: str | None, purpose: str) -> list[str]:
-        return Manifest.load(cls._require(manifest, purpose)).urls()
-
-    def _train_source(self, manifest: str, index: int):
-        seed = self.seed + 1000 * index
-        return (
-            wds.WebDataset(self._urls(manifest, "train"), resampled=True, detshuffle=True, seed=seed,
-                           nodesplitter=None, shardshuffle=False)
-            .shuffle(self.shuffle_buffer, rng=random.Random(seed))
-            .map(self._decode)
-            .map(RandomHorizontalFlip(self.hflip, seed))
-            .batched(self.batch_size, collation_fn=collate_samples, partial=False)
-        )
+    def _warn_if_shared(self, name: str, counts: list[int], rank: int, world: int, workers: int) -> None:
+        """One warning (from rank 0) when some readers must share shards: fewer shards than readers."""
+        workers = max(workers, 1)
+        stride = max(reader_share(counts, r, world, w, workers, self.seed).stride for r in range(world) for w in range(workers))
+        if rank == 0 and stride > 1:
+            log.warning("%s: %d shards for %d ranks x %d workers, so readers share shards and keep every %d-th "
+                        "sample of them (disjoint, but each reads %dx the bytes); write more, smaller shards to avoid it",
+                        name, len(counts), world, workers, stride, stride)
 
     def train_dataloader(self) -> DataLoader:
-        manifests = self.train_manifest if isinstance(self.train_manifest, list) else [self._require(self.train_manifest, "train")]
-        sources = [self._train_source(m, i) for i, m in enumerate(manifests)]
+        manifests = self.train_manifest if isinstance(self.train_manifest, list) else [self.train_manifest]
+        rank, world = self._rank_world()
+        decode = SampleDecoder(self._required_fields(), uint8_image=True)
+        sources = []
+        for index, manifest in enumerate(manifests):
+            urls, counts = self._shards(manifest, "train")
+            self._warn_if_shared(str(manifest), counts, rank, world, self.num_workers)
+            seed = self.seed + 1000 * index
+            stream = ShardStream(urls, counts, rank, world, seed, endless=True, shuffle=True, bad_data=self.bad_data)
+            sources.append(SourceBatches(stream, decode, self.batch_size, self.shuffle_buffer, self.hflip,
+                                         partial=False, bad_data=self.bad_data, seed=seed))
         dataset = sources[0]
         if len(sources) > 1:
-            dataset = MixedBatches(sources, self.train_probabilities or [1.0] * len(sources), self.seed)
-        return wds.WebLoader(dataset, batch_size=None, num_workers=self.num_workers,
-                             persistent_workers=self.num_workers > 0)
+            dataset = MixedBatches(sources, self.train_probabilities or [1.0] * len(sources), self.seed, rank)
+        return DataLoader(dataset, batch_size=None, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Training images travel as uint8 and become floats in [-1, 1] here, on the device."""
+        if isinstance(batch, dict) and isinstance(batch.get("image"), torch.Tensor) and batch["image"].dtype == torch.uint8:
+            batch = dict(batch, image=image_to_float(batch["image"]))
+        return batch
 
     def _eval_loader(self, manifest: str | None, purpose: str) -> DataLoader:
-        urls = self._urls(manifest, purpose)
-        dataset = (
-            wds.WebDataset(urls, shardshuffle=False, nodesplitter=wds.split_by_node, empty_check=False)
-            .map(self._decode)
-            .batched(self.eval_batch_size, collation_fn=collate_samples, partial=True)
-        )
-        workers = min(self.num_workers, len(urls))
-        return wds.WebLoader(dataset, batch_size=None, num_workers=workers)
+        rank, world = self._rank_world()
+        urls, counts = self._shards(manifest, purpose)
+        stream = ShardStream(urls, counts, rank, world, self.seed, endless=False, shuffle=False, bad_data=self.bad_data)
+        dataset = SourceBatches(stream, SampleDecoder(self._required_fields()), self.eval_batch_size, 0, 0.0,
+                                partial=True, bad_data=self.bad_data, seed=self.seed)
+        workers = min(self.num_workers, max(1, len(urls) // world))  # no worker without a shard of its own
+        return DataLoader(dataset, batch_size=None, num_workers=workers)
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader(self.val_manifest, "val")

@@ -107,12 +107,19 @@ def _chw(arr: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
 
 
+def image_to_float(image: torch.Tensor) -> torch.Tensor:
+    """uint8 ``image`` (``decode_sample(..., uint8_image=True)``) -> float in [-1, 1], bit for bit what
+    the float decode gives; done on the device, so loader workers ship a quarter of the bytes."""
+    return image.to(torch.float32).div_(255.0).mul_(2.0).sub_(1.0)
+
+
 def decode_sample(
-    raw: Mapping[str, Any], required: Sequence[str] = ("rgb", "depth")
+    raw: Mapping[str, Any], required: Sequence[str] = ("rgb", "depth"), uint8_image: bool = False
 ) -> dict[str, torch.Tensor | dict]:
     """Decode a raw (bytes-valued) WebDataset sample.
 
-    Returns ``image`` [3,H,W] in [-1,1], and when present ``depth`` [1,H,W]
+    Returns ``image`` [3,H,W] in [-1,1] (uint8 [0, 255] with ``uint8_image``; 16-bit sources are
+    rounded to 8 bits then), and when present ``depth`` [1,H,W]
     metres (0 = invalid), ``normal`` [3,H,W] unit (0 = invalid), ``albedo``
     [3,H,W] in [-1,1], ``intrinsics`` [4] (fx, fy, cx, cy), and ``meta`` (the
     json contents plus ``__key__`` / ``__url__``). ``required`` lists logical
@@ -143,7 +150,13 @@ def decode_sample(
     meta = dict(meta, __key__=raw.get("__key__"), __url__=raw.get("__url__"))
 
     if (key := _find(raw, "rgb")) is not None:
-        out["image"] = _chw(_to_rgb_float(_open(raw, key)) * 2.0 - 1.0)
+        img = _open(raw, key)
+        if not uint8_image:
+            out["image"] = _chw(_to_rgb_float(img) * 2.0 - 1.0)
+        elif img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+            out["image"] = _chw(np.round(_to_rgb_float(img) * 255.0).astype(np.uint8))
+        else:
+            out["image"] = _chw(np.asarray(img.convert("RGB")))
 
     if (key := _find(raw, "depth")) is not None:
         if key == "depth.npy":
