@@ -296,27 +296,31 @@ def collect(sweep_dir: str | Path, metrics: list[str] | None = None) -> dict[str
     return {"runs": rows, "summary": summary}
 
 
+def expand_spec(spec: str) -> None:
+    """Write a sweep's per-point configs, SLURM array script and local runner from ``spec`` (YAML)."""
+    plan = expand(SweepSpec.load(spec))
+    print(f"{len(plan['runs'])} runs in {plan['output_dir']}: sbatch {plan['output_dir']}/sweep.sbatch "
+          f"or {plan['output_dir']}/run_local.sh")
+
+
+def run_sweep(sweep_dir: str, only: list[int] | None = None, jobs: int = 1) -> None:
+    """Run a sweep's unfinished points locally, each in its own process, ``jobs`` at a time."""
+    failed = run_local(sweep_dir, only, jobs=jobs)
+    if failed:
+        raise SystemExit(f"runs {failed} failed")
+
+
+def collect_sweep(sweep_dir: str) -> None:
+    """Write results.{md,csv,json} for a sweep's finished and unfinished runs and print the table."""
+    result = collect(sweep_dir)
+    print((Path(sweep_dir) / "results.md").read_text())
+    unfinished = [r["index"] for r in result["runs"] if r["status"] != "finished"]
+    if unfinished:
+        print(f"unfinished runs: {unfinished}")
+
+
 def sweep_main(args: list[str]) -> None:
-    """``lotus_pl sweep expand <spec> | run <dir> | collect <dir>``."""
-    usage = "usage: lotus_pl sweep expand <spec.yaml> | run <sweep_dir> [--jobs N] [index ...] | collect <sweep_dir>"
-    if len(args) < 2 or args[0] not in ("expand", "run", "collect"):
-        raise SystemExit(usage)
-    verb, target = args[0], args[1]
-    if verb == "expand":
-        plan = expand(SweepSpec.load(target))
-        print(f"{len(plan['runs'])} runs in {plan['output_dir']}: sbatch {plan['output_dir']}/sweep.sbatch "
-              f"or {plan['output_dir']}/run_local.sh")
-    elif verb == "run":
-        rest, jobs = args[2:], 1
-        if "--jobs" in rest:
-            at = rest.index("--jobs")
-            jobs, rest = int(rest[at + 1]), rest[:at] + rest[at + 2:]
-        failed = run_local(target, [int(a) for a in rest] or None, jobs=jobs)
-        if failed:
-            raise SystemExit(f"runs {failed} failed")
-    else:
-        result = collect(target)
-        print((Path(target) / "results.md").read_text())
-        unfinished = [r["index"] for r in result["runs"] if r["status"] != "finished"]
-        if unfinished:
-            print(f"unfinished runs: {unfinished}")
+    """``lotus_pl sweep expand <spec> | run <dir> [--jobs N] [--only [i, ...]] | collect <dir>``."""
+    from jsonargparse import CLI
+
+    CLI({"expand": expand_spec, "run": run_sweep, "collect": collect_sweep}, args=args)

@@ -210,3 +210,14 @@ def test_every_shipped_spec_expands_to_valid_configs(spec_path, tmp_path, monkey
         assert exit_info.value.code == 0, capsys.readouterr().err[-2000:]
         printed = yaml.safe_load(capsys.readouterr().out)
         assert printed["trainer"]["default_root_dir"] == run["dir"]
+
+
+def test_sweep_command_line(tmp_path, tiny_dataset, capsys):
+    from lotus_pl.cli import main
+
+    main(["sweep", "expand", str(write_spec(tmp_path, tiny_dataset))])
+    assert "4 runs in" in capsys.readouterr().out
+    main(["sweep", "collect", str(tmp_path / "sweep")])
+    assert "unfinished runs: [0, 1, 2, 3]" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["sweep", "run", str(tmp_path / "sweep"), "--jobs", "x"])
