@@ -302,6 +302,3 @@ class LotusModel(LightningModule):
         ]
         panel = torch.cat([r.float().cpu().clamp(0, 1) for r in rows], dim=-1)  # input | prediction | ground truth
         experiment.add_images(f"val/{self.task.name}_input_prediction_truth", panel, self.global_step)
-
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.unet.parameters())

@@ -244,21 +244,6 @@ def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def count_tar_samples(path: str | os.PathLike) -> int:
-    """Number of distinct WebDataset sample keys in a tar shard (-1 if unreadable)."""
-    keys = set()
-    try:
-        with tarfile.open(path, "r") as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                dirname, base = os.path.split(member.name)
-                keys.add(os.path.join(dirname, base.split(".", 1)[0]))
-    except (tarfile.TarError, OSError):
-        return -1
-    return len(keys)
-
-
 def _list(value: Any, length: int, path: Path, field_name: str) -> list:
     if not isinstance(value, (list, tuple)) or len(value) != length:
         raise ManifestError(f"{path}: field {field_name!r} must be a list of {length} numbers")
