@@ -43,6 +43,13 @@ def latent_mask(valid: Tensor, factor: int) -> Tensor:
     return ~F.max_pool2d((~valid).float(), factor).bool()
 
 
+def latent_size_multiple(unet: torch.nn.Module) -> int:
+    """The multiple a latent's height and width must be for the denoiser: its own ``size_multiple``
+    if it declares one (non-diffusers denoisers), else 2^(levels - 1) of a diffusers UNet."""
+    declared = getattr(unet, "size_multiple", None)
+    return int(declared) if declared is not None else 2 ** (len(unet.config.block_out_channels) - 1)
+
+
 def masked_mse(out: Tensor, target: Tensor, mask: Tensor) -> Tensor:
     """Mean squared error over valid latent cells (all channels); 0 if none is valid."""
     weight = mask.to(out.dtype).expand_as(out)
@@ -119,7 +126,7 @@ class LotusModel(LightningModule):
             self.unet.compile()
         self.tile_size, self.tile_overlap = tile_size, tile_overlap
         self.register_buffer("text_context", denoiser.text_context(), persistent=False)
-        self.size_multiple = codec.downsample * 2 ** (len(self.unet.config.block_out_channels) - 1)
+        self.size_multiple = codec.downsample * latent_size_multiple(self.unet)
         self.val_metric = task.metric()
         # The buffers (alpha_bar, the text context, codec statistics) are constants every rank builds
         # identically. Left to DDP, it would broadcast them in every forward, validation included,
