@@ -35,22 +35,26 @@ class PredictionWriter(BasePredictionWriter):
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        task = pl_module.task
         for i, path in enumerate(prediction["path"]):
             stem = Path(path).stem
-            files = task.save(prediction[task.name][i].float().cpu().numpy(), self.output_dir, stem)
+            files = []
+            for task in pl_module.tasks:  # a joint model writes every task's files
+                files += task.save(prediction[task.name][i].float().cpu().numpy(), self.output_dir, stem)
             log.info("%s -> %s", path, ", ".join(f.name for f in files))
 
 
 @torch.no_grad()
 def evaluate(pl_module: LightningModule, dataloader, predict) -> dict[str, float]:
-    """Score ``predict(batch) -> prediction`` on every batch of ``dataloader`` with the task's metric."""
-    task = pl_module.task
-    metric = task.metric().to(pl_module.device)
+    """Score ``predict(batch) -> {task name: prediction}`` on every batch of ``dataloader`` with each
+    task's metric; keys are the metric names, prefixed ``<task>/`` for a joint model."""
+    metrics = {task.name: task.metric().to(pl_module.device) for task in pl_module.tasks}
     for batch in dataloader:
         batch = pl_module.transfer_batch_to_device(batch, pl_module.device, 0)
-        metric.update(predict(batch), batch[task.gt_key], pl_module.valid_mask(batch))
-    return {k: float(v) for k, v in metric.compute().items()}
+        preds = predict(batch)
+        for task in pl_module.tasks:
+            metrics[task.name].update(preds[task.name], batch[task.gt_key], pl_module.valid_mask(batch, task))
+    return {f"{pl_module.metric_prefix(task)}{k}": float(v)
+            for task in pl_module.tasks for k, v in metrics[task.name].compute().items()}
 
 
 class LearningReport(Callback):
@@ -70,29 +74,35 @@ class LearningReport(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.baselines = state_dict["baselines"]
 
-    def _mean_target(self, trainer: Trainer, pl_module: LightningModule) -> torch.Tensor:
-        task, total, count = pl_module.task, None, 0
+    def _mean_targets(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, torch.Tensor]:
+        """Each task's annotation image averaged over the first training batches."""
+        totals: dict[str, torch.Tensor] = {}
+        count = 0
         for i, batch in enumerate(trainer.datamodule.train_dataloader()):
             if i == self.mean_target_batches:
                 break
-            gt = batch[task.gt_key].to(pl_module.device)
-            encoded = task.encode(gt, task.valid_mask(gt)).sum(0)
-            total = encoded if total is None else total + encoded
-            count += gt.shape[0]
-        return total / count
+            for task in pl_module.tasks:
+                gt = batch[task.gt_key].to(pl_module.device)
+                encoded = task.encode(gt, task.valid_mask(gt)).sum(0)
+                totals[task.name] = encoded + totals[task.name] if task.name in totals else encoded
+            count += batch["image"].shape[0]
+        return {name: total / count for name, total in totals.items()}
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.baselines:  # resumed run: the baselines were measured before the interruption
             return
         pl_module.eval()
         val = trainer.datamodule.val_dataloader()
-        self.baselines["untrained"] = evaluate(pl_module, val, lambda b: pl_module.predict_image(b["image"]))
-        mean = self._mean_target(trainer, pl_module)
+        self.baselines["untrained"] = evaluate(pl_module, val, lambda b: pl_module.predict_all(b["image"]))
+        means = self._mean_targets(trainer, pl_module)
 
         def predict_mean(batch):
             image = batch["image"]
-            decoded = pl_module.task.decode(mean[None].expand(image.shape[0], -1, -1, -1))
-            return pl_module.task.resize_for(decoded, tuple(image.shape[-2:]))
+            out = {}
+            for task in pl_module.tasks:
+                decoded = task.decode(means[task.name][None].expand(image.shape[0], -1, -1, -1))
+                out[task.name] = task.resize_for(decoded, tuple(image.shape[-2:]))
+            return out
 
         self.baselines["mean_target"] = evaluate(pl_module, val, predict_mean)
         pl_module.train()
@@ -102,33 +112,36 @@ class LearningReport(Callback):
         List this callback before the averaging callback so that its ``on_train_end`` runs first."""
         if any(isinstance(c, WeightAveraging) for c in trainer.callbacks):
             pl_module.eval()
-            self.raw = evaluate(pl_module, trainer.datamodule.val_dataloader(), lambda b: pl_module.predict_image(b["image"]))
+            self.raw = evaluate(pl_module, trainer.datamodule.val_dataloader(), lambda b: pl_module.predict_all(b["image"]))
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         pl_module.eval()
         results = dict(self.baselines)
         if getattr(self, "raw", None) is not None:
             results["trained_raw_weights"] = self.raw
-        results["trained"] = evaluate(pl_module, trainer.datamodule.val_dataloader(), lambda b: pl_module.predict_image(b["image"]))
+        results["trained"] = evaluate(pl_module, trainer.datamodule.val_dataloader(), lambda b: pl_module.predict_all(b["image"]))
         results["global_step"] = trainer.global_step
         out = Path(trainer.log_dir or trainer.default_root_dir) / "learning_report.json"  # a collective: all ranks
         self._report(pl_module, results, out)
 
     @rank_zero_only
     def _report(self, pl_module: LightningModule, results: dict[str, Any], out: Path) -> None:
-        name, _ = pl_module.task.headline(results["trained"])
-        lines = [f"Learning report ({pl_module.task.name}, validation set, step {results['global_step']}):"]
-        for row in ("untrained", "mean_target", "trained_raw_weights", "trained"):
-            if row in results:
-                metrics = results[row]
-                extra = "  ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k != name)
+        lines = []
+        for task in pl_module.tasks:
+            prefix = pl_module.metric_prefix(task)
+            own = {row: {k[len(prefix):]: v for k, v in results[row].items() if k.startswith(prefix)}
+                   for row in ("untrained", "mean_target", "trained_raw_weights", "trained") if row in results}
+            name, _ = task.headline(own["trained"])
+            lines.append(f"Learning report ({task.name}, validation set, step {results['global_step']}):")
+            for row, metrics in own.items():
+                extra = "  ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k != name and "/" not in k)
                 lines.append(f"  {row:<19} {name}={metrics[name]:.4f}  {extra}")
-        if "untrained" in results and "mean_target" in results:
-            trained = results["trained"][name]
-            lines.append(
-                f"  trained / mean_target = {trained / max(results['mean_target'][name], 1e-12):.3f}   "
-                f"trained / untrained = {trained / max(results['untrained'][name], 1e-12):.3f}"
-            )
+            if "untrained" in own and "mean_target" in own:
+                trained = own["trained"][name]
+                lines.append(
+                    f"  trained / mean_target = {trained / max(own['mean_target'][name], 1e-12):.3f}   "
+                    f"trained / untrained = {trained / max(own['untrained'][name], 1e-12):.3f}"
+                )
         rank_zero_info("\n".join(lines))
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(results, indent=2))

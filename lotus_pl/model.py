@@ -5,9 +5,14 @@ It composes the swappable pieces (see DESIGN.md) and holds no branches on their 
 ``Formulation`` (Lotus-G / Lotus-D), ``Parameterization`` (ε / v / x0), ``TimestepSchedule``
 (single / multi step) and ``NoiseSchedule`` (SD2, optionally zero terminal SNR).
 
-Training step: encode image and annotation, optionally double the batch for the detail preserver
-(second half reconstructs the image latent under the "RGB" task switch), build the UNet input and
-target with the formulation, and minimise the masked latent MSE of each half, equally weighted.
+Training step: encode the image and each task's annotation, stack one copy of the batch per task
+(task i under switch i) plus, with the detail preserver, one that reconstructs the image latent
+(switch N), build the UNet input and target with the formulation, and minimise the sum of each
+part's masked latent MSE, weighted by the task's ``loss_weight`` (reconstruction: 1).
+
+One task without the detail preserver needs no switch, so the UNet has no class embedding. One
+task with it is Lotus's detail preserver exactly: switch 0 = annotation, 1 = RGB. Several tasks
+(joint estimation) share one UNet through an N(+1)-state switch and are all predicted in one run.
 """
 
 from __future__ import annotations
@@ -60,7 +65,8 @@ class LotusModel(LightningModule):
     """Diffusion-based dense prediction (Lotus).
 
     Args:
-        task: the annotation to predict (``Depth``, ``Normal``, ...).
+        task: the annotation to predict (``Depth``, ``Normal``, ...), or a list of them for one joint
+            model (metrics are then logged as ``val/<task>/<metric>``).
         denoiser: builds the UNet (``SmallUNet`` or ``PretrainedStableDiffusion``).
         codec: image <-> latent map (``SpaceToDepth`` or ``StableDiffusionVAE``).
         formulation: ``Deterministic`` (Lotus-D) or ``Generative`` (Lotus-G).
@@ -78,11 +84,14 @@ class LotusModel(LightningModule):
         tile_size, tile_overlap: predict images larger than ``processing_resolution`` also in native
             tiles of this size (0 = off), overlapping by ``tile_overlap`` pixels.
         seed: seed of the inference noise (Lotus-G), so predictions are reproducible.
+        video_init: Lotus-G on video frames (``predict`` on a video, in order): start each frame from
+            the previous frame's predicted latent, taken through the forward process to the first
+            inference timestep with the seeded noise, instead of from the noise alone.
     """
 
     def __init__(
         self,
-        task: Task,
+        task: Task | list[Task],
         denoiser: DenoiserFactory,
         codec: Codec = lazy_instance(SpaceToDepth),
         formulation: Formulation = lazy_instance(Deterministic),
@@ -99,9 +108,17 @@ class LotusModel(LightningModule):
         tile_size: int = 0,
         tile_overlap: int = 64,
         seed: int = 0,
+        video_init: bool = False,
     ) -> None:
         super().__init__()
-        self.task = task
+        self.tasks: list[Task] = [task] if isinstance(task, Task) else list(task)
+        names = [t.name for t in self.tasks]
+        if not names or len(set(names)) != len(names):
+            raise ValueError(f"need one or more tasks with distinct names, got {names}")
+        if video_init and isinstance(formulation, Deterministic):
+            raise ValueError("video_init starts Lotus-G's sampling from the previous frame; Deterministic (Lotus-D) "
+                             "samples nothing, so it has no effect there: use Generative or leave video_init off")
+        self.video_init = video_init
         self.codec = codec
         self.formulation = formulation
         self.parameterization = parameterization
@@ -114,7 +131,8 @@ class LotusModel(LightningModule):
         self.seed = seed
         self.formulation.check(parameterization, timesteps, self.noise_schedule)
 
-        self.num_switch_states = 2 if detail_preserver else 0
+        parts = len(self.tasks) + int(detail_preserver)  # UNet passes per training sample
+        self.num_switch_states = parts if parts > 1 else 0
         channels = codec.latent_channels
         self.unet = denoiser.build(formulation.unet_in_channels(channels), channels, 2 * self.num_switch_states)
         if gradient_checkpointing:
@@ -127,11 +145,29 @@ class LotusModel(LightningModule):
         self.tile_size, self.tile_overlap = tile_size, tile_overlap
         self.register_buffer("text_context", denoiser.text_context(), persistent=False)
         self.size_multiple = codec.downsample * latent_size_multiple(self.unet)
-        self.val_metric = task.metric()
+        self.val_metrics = torch.nn.ModuleDict({t.name: t.metric() for t in self.tasks})
+        self._previous: tuple[str, list[Tensor]] | None = None  # video_init: (sequence, latents per task)
+        self._scored: set[str] = set()  # tasks with ground truth in this evaluation epoch
         # The buffers (alpha_bar, the text context, codec statistics) are constants every rank builds
         # identically. Left to DDP, it would broadcast them in every forward, validation included,
         # and ranks with different numbers of evaluation batches would wait on each other forever.
         self._ddp_params_and_buffers_to_ignore = [name for name, _ in self.named_buffers()]
+
+    @property
+    def task(self) -> Task:
+        """The task of a single-task model (a joint model has several: use :attr:`tasks`)."""
+        if len(self.tasks) != 1:  # not AttributeError: nn.Module's __getattr__ would hide this message
+            raise RuntimeError(f"this model predicts {[t.name for t in self.tasks]}; use model.tasks")
+        return self.tasks[0]
+
+    @property
+    def val_metric(self):
+        """The metric of a single-task model."""
+        return self.val_metrics[self.task.name]
+
+    def metric_prefix(self, task: Task) -> str:
+        """``""`` for a single-task model (``val/abs_rel``), ``"<task>/"`` for a joint one."""
+        return "" if len(self.tasks) == 1 else f"{task.name}/"
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -146,11 +182,14 @@ class LotusModel(LightningModule):
             state.setdefault(key, value)
 
     # ------------------------------------------------------------------ the UNet call
-    def _denoise(self, switch_index: int | None, batch_size: int):
+    def _switch(self, switches: list[int], batch_size: int) -> Tensor | None:
+        """Task-switch labels for ``len(switches)`` stacked copies of a batch (None: no switcher)."""
+        if not self.num_switch_states:
+            return None
+        return torch.cat([task_switch(i, self.num_switch_states, batch_size, self.device) for i in switches])
+
+    def _denoise(self, labels: Tensor | None, batch_size: int):
         context = self.text_context.expand(batch_size, -1, -1)
-        labels = None
-        if self.num_switch_states:
-            labels = task_switch(switch_index, self.num_switch_states, batch_size, self.device)
 
         def denoise(x: Tensor, t: int | Tensor) -> Tensor:
             return self.unet(x, t, encoder_hidden_states=context.to(x.dtype), class_labels=labels).sample
@@ -159,19 +198,23 @@ class LotusModel(LightningModule):
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        image, gt = batch["image"], batch[self.task.gt_key]
-        valid = self.valid_mask(batch)
+        image = batch["image"]
+        batch_size = image.shape[0]
+        x0s, masks = [], []
         with torch.no_grad():
             image_latent = self.codec.encode(image)
-            target_latent = self.codec.encode(self.task.encode(gt, valid))
-        mask = latent_mask(valid, self.codec.downsample)
-        batch_size = image.shape[0]
-
-        unet_image, x0, labels = image_latent, target_latent, None
-        if self.detail_preserver:  # second half: reconstruct the image latent under the RGB switch
-            unet_image = torch.cat([image_latent, image_latent])
-            x0 = torch.cat([target_latent, image_latent])
-            labels = torch.cat([task_switch(0, 2, batch_size, self.device), task_switch(1, 2, batch_size, self.device)])
+            for task in self.tasks:
+                if task.gt_key not in batch:
+                    raise KeyError(f"training batch has no {task.gt_key!r} for task {task.name!r} (has {sorted(batch)})")
+                valid = self.valid_mask(batch, task)
+                x0s.append(self.codec.encode(task.encode(batch[task.gt_key], valid)))
+                masks.append(latent_mask(valid, self.codec.downsample))
+        if self.detail_preserver:  # the last part reconstructs the image latent under the RGB switch
+            x0s.append(image_latent)
+        parts = len(x0s)
+        x0 = torch.cat(x0s)
+        unet_image = image_latent.repeat(parts, 1, 1, 1) if parts > 1 else image_latent
+        labels = self._switch(list(range(parts)), batch_size)
 
         t = self.timesteps.training_timesteps(x0.shape[0], self.noise_schedule.num_train_timesteps, self.device)
         noise = torch.randn_like(x0)
@@ -181,10 +224,14 @@ class LotusModel(LightningModule):
         context = self.text_context.expand(x0.shape[0], -1, -1)
         out = self.unet(unet_input, t, encoder_hidden_states=context.to(unet_input.dtype), class_labels=labels).sample
 
-        loss = masked_mse(out[:batch_size], target[:batch_size], mask)
-        self.log("train/loss_annotation", loss, prog_bar=True, batch_size=batch_size)
+        out, target = out.split(batch_size), target.split(batch_size)
+        loss = out[0].new_zeros((), dtype=torch.float32)
+        for i, (task, mask) in enumerate(zip(self.tasks, masks)):
+            part = masked_mse(out[i], target[i], mask)
+            self.log(f"train/loss_{task.name}", part, prog_bar=True, batch_size=batch_size)
+            loss = loss + task.loss_weight * part
         if self.detail_preserver:
-            reconstruction = F.mse_loss(out[batch_size:].float(), target[batch_size:].float())
+            reconstruction = F.mse_loss(out[-1].float(), target[-1].float())
             self.log("train/loss_reconstruction", reconstruction, batch_size=batch_size)
             loss = loss + reconstruction
         self.log("train/loss", loss, batch_size=batch_size)
@@ -198,18 +245,29 @@ class LotusModel(LightningModule):
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
-    def predict_latent(self, image_latent: Tensor, init_latent: Tensor | None = None) -> Tensor:
-        """The annotation latent for an image latent (one UNet call for the single step)."""
+    def predict_latents(self, image_latent: Tensor, previous: list[Tensor] | None = None) -> list[Tensor]:
+        """Each task's annotation latent for an image latent; the tasks share one batched UNet call
+        per step (one call in all for the single step). ``previous``: the last frame's latents
+        (``video_init``)."""
+        n, batch_size = len(self.tasks), image_latent.shape[0]
+        stacked = image_latent.repeat(n, 1, 1, 1) if n > 1 else image_latent
+        timesteps = self.timesteps.inference_timesteps(self.noise_schedule.num_train_timesteps)
         generator = torch.Generator(device=image_latent.device).manual_seed(self.seed)
-        return self.formulation.sample(
-            self._denoise(0, image_latent.shape[0]), image_latent,
-            self.timesteps.inference_timesteps(self.noise_schedule.num_train_timesteps),
-            self.noise_schedule, self.parameterization, generator=generator, init_latent=init_latent,
+        init = None
+        if previous is not None and previous[0].shape == image_latent.shape:  # else a new size: start afresh
+            # the previous prediction through the forward process, with the usual seeded noise
+            noise = torch.randn(stacked.shape, generator=generator, device=stacked.device, dtype=stacked.dtype)
+            alpha_bar = self.noise_schedule.at(timesteps[0], noise)
+            init = alpha_bar.sqrt() * torch.cat(previous) + (1 - alpha_bar).sqrt() * noise
+        out = self.formulation.sample(
+            self._denoise(self._switch(list(range(n)), batch_size), n * batch_size), stacked, timesteps,
+            self.noise_schedule, self.parameterization, generator=generator, init_latent=init,
         )
+        return list(out.split(batch_size))
 
     @torch.no_grad()
-    def predict_image(self, image: Tensor) -> Tensor:
-        """The task's prediction for ``[B, 3, H, W]`` images in [-1, 1], at their own size.
+    def predict_all(self, image: Tensor) -> dict[str, Tensor]:
+        """Every task's prediction for ``[B, 3, H, W]`` images in [-1, 1], at their own size.
 
         Resizes the longest edge to ``processing_resolution`` (0 keeps it), pads to the UNet's size
         multiple by edge replication, runs the model, crops the padding and resizes back. With
@@ -218,9 +276,16 @@ class LotusModel(LightningModule):
         """
         if self.tile_size and self.processing_resolution and max(image.shape[-2:]) > self.processing_resolution:
             return self._predict_tiled(image)
-        return self._predict_at(image, self.processing_resolution)
+        return self._predict_at(image, self.processing_resolution)[0]
 
-    def _predict_at(self, image: Tensor, resolution: int) -> Tensor:
+    @torch.no_grad()
+    def predict_image(self, image: Tensor) -> Tensor:
+        """The (first) task's prediction ``[B, C, H, W]``; see :meth:`predict_all`."""
+        return self.predict_all(image)[self.tasks[0].name]
+
+    def _predict_at(self, image: Tensor, resolution: int,
+                    previous: list[Tensor] | None = None) -> tuple[dict[str, Tensor], list[Tensor]]:
+        """Predictions at the input size, and the latents they were decoded from."""
         height, width = image.shape[-2:]
         x = image
         if resolution > 0 and max(height, width) != resolution:
@@ -234,14 +299,16 @@ class LotusModel(LightningModule):
             x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        decoded = self.codec.decode(self.predict_latent(self.codec.encode(x)))[..., :h, :w]
-        return self.task.resize_for(self.task.decode(decoded.float()), (height, width))
+        latents = self.predict_latents(self.codec.encode(x), previous)
+        decoded = self.codec.decode(torch.cat(latents))[..., :h, :w].float().split(image.shape[0])
+        preds = {task.name: task.resize_for(task.decode(d), (height, width)) for task, d in zip(self.tasks, decoded)}
+        return preds, latents
 
     def _predict_tiled(self, image: Tensor) -> Tensor:
         """Whole image at the processing resolution for the global layout, then overlapping native
         tiles for detail, each aligned to the global prediction (``Task.align``) and feathered in."""
         height, width = image.shape[-2:]
-        reference = self._predict_at(image, self.processing_resolution)
+        reference = self._predict_at(image, self.processing_resolution)[0]
         tile = min(self.tile_size, height, width)
         overlap = min(self.tile_overlap, tile // 2)
         stride = tile - overlap
@@ -255,57 +322,88 @@ class LotusModel(LightningModule):
             edge = torch.linspace(0, 1, overlap + 2, device=image.device)[1:-1]
             ramp[:overlap], ramp[-overlap:] = edge, edge.flip(0)
         weight_tile = ramp[:, None] * ramp[None, :]
-        total = torch.zeros_like(reference)
+        total = {name: torch.zeros_like(ref) for name, ref in reference.items()}
         weight = torch.zeros(1, 1, height, width, device=image.device)
         for top in starts(height):
             for left in starts(width):
                 window = (..., slice(top, top + tile), slice(left, left + tile))
-                pred = self._predict_at(image[window], 0)
-                total[window] += self.task.align(pred, reference[window]) * weight_tile
+                preds = self._predict_at(image[window], 0)[0]
+                for task in self.tasks:
+                    total[task.name][window] += task.align(preds[task.name], reference[task.name][window]) * weight_tile
                 weight[window] += weight_tile
-        return self.task.resize_for(total / weight.clamp_min(1e-12), (height, width))
+        return {task.name: task.resize_for(total[task.name] / weight.clamp_min(1e-12), (height, width)) for task in self.tasks}
 
     # ------------------------------------------------------------------ validation / test
-    def valid_mask(self, batch: dict[str, Tensor]) -> Tensor:
-        """Pixels to supervise and score: the task's valid ground truth, within the sample's own mask
-        if it has one (a dataset's validity mask, or an evaluation crop)."""
-        valid = self.task.valid_mask(batch[self.task.gt_key])
+    def valid_mask(self, batch: dict[str, Tensor], task: Task | None = None) -> Tensor:
+        """Pixels to supervise and score for ``task`` (default: the only one): its valid ground truth,
+        within the sample's own mask if it has one (a dataset's validity mask, or an evaluation crop)."""
+        task = task or self.task
+        valid = task.valid_mask(batch[task.gt_key])
         return valid & batch["mask"].bool() if "mask" in batch else valid
 
-    def _evaluate_batch(self, batch: dict[str, Tensor], metric) -> Tensor:
-        pred = self.predict_image(batch["image"])
-        metric.update(pred, batch[self.task.gt_key], self.valid_mask(batch))
-        return pred
+    def _evaluate_batch(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Predict every task; score those whose ground truth the batch has."""
+        preds = self.predict_all(batch["image"])
+        for task in self.tasks:
+            if task.gt_key in batch:
+                self._scored.add(task.name)
+                self.val_metrics[task.name].update(preds[task.name], batch[task.gt_key], self.valid_mask(batch, task))
+        return preds
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        pred = self._evaluate_batch(batch, self.val_metric)
+        preds = self._evaluate_batch(batch)
         if batch_idx == 0:
-            self._log_panel(batch, pred)
+            self._log_panel(batch, preds)
+
+    def scored_tasks(self) -> list[Task]:
+        """Tasks whose metric saw ground truth this epoch (a benchmark may have it for only some).
+        A single task is always scored, so that every rank computes (a collective) under DDP."""
+        return [t for t in self.tasks if len(self.tasks) == 1 or t.name in self._scored]
 
     def on_validation_epoch_end(self) -> None:
-        results = self.val_metric.compute()
-        for name, value in results.items():
-            self.log(f"val/{name}", value, sync_dist=False)
-        self.val_metric.reset()
+        for task in self.scored_tasks():
+            for name, value in self.val_metrics[task.name].compute().items():
+                self.log(f"val/{self.metric_prefix(task)}{name}", value, sync_dist=False)
+        for metric in self.val_metrics.values():
+            metric.reset()
+        self._scored.clear()
 
     test_step = validation_step
     on_test_epoch_end = on_validation_epoch_end
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         if not batch["path"]:  # every file of this batch was unreadable (reported by the loader)
-            return {"path": [], self.task.name: None}
-        return {"path": batch["path"], self.task.name: self.predict_image(batch["image"])}
+            return {"path": [], **{task.name: None for task in self.tasks}}
+        if not self.video_init:
+            return {"path": batch["path"], **self.predict_all(batch["image"])}
+        return {"path": batch["path"], **self._predict_video_frame(batch)}
 
-    def _log_panel(self, batch: dict[str, Tensor], pred: Tensor, max_images: int = 4) -> None:
+    def _predict_video_frame(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        """``video_init``: frames of one sequence arrive in order; each starts from the last one's latents."""
+        image, sequence = batch["image"], batch.get("sequence")
+        if image.shape[0] != 1:
+            raise ValueError("video_init predicts frame after frame: use data.predict_batch_size=1")
+        sequence = str(sequence[0]) if sequence else None  # images that are not video frames start afresh
+        previous = None
+        if sequence is not None and self._previous is not None and self._previous[0] == sequence:
+            previous = self._previous[1]
+        preds, latents = self._predict_at(image, self.processing_resolution, previous)
+        self._previous = (sequence, latents) if sequence is not None else None
+        return preds
+
+    def _log_panel(self, batch: dict[str, Tensor], preds: dict[str, Tensor], max_images: int = 4) -> None:
         experiment = getattr(self.logger, "experiment", None)
         if not hasattr(experiment, "add_images"):
             return
-        gt = batch[self.task.gt_key][:max_images]
-        valid = self.task.valid_mask(gt)
-        rows = [
-            (batch["image"][:max_images] + 1) / 2,
-            self.task.visualize(pred[:max_images]),
-            self.task.visualize_gt(gt, valid),
-        ]
-        panel = torch.cat([r.float().cpu().clamp(0, 1) for r in rows], dim=-1)  # input | prediction | ground truth
-        experiment.add_images(f"val/{self.task.name}_input_prediction_truth", panel, self.global_step)
+        for task in self.tasks:
+            if task.gt_key not in batch:
+                continue
+            gt = batch[task.gt_key][:max_images]
+            valid = task.valid_mask(gt)
+            rows = [
+                (batch["image"][:max_images] + 1) / 2,
+                task.visualize(preds[task.name][:max_images]),
+                task.visualize_gt(gt, valid),
+            ]
+            panel = torch.cat([r.float().cpu().clamp(0, 1) for r in rows], dim=-1)  # input | prediction | ground truth
+            experiment.add_images(f"val/{task.name}_input_prediction_truth", panel, self.global_step)

@@ -45,13 +45,13 @@ def test_tiled_inference_aligns_and_blends_tiles(task):
         field = torch.nn.functional.normalize(field - 0.5, dim=1)
     calls = []
 
-    def fake_predict_at(image, resolution):
+    def fake_predict_at(image, resolution):  # -> ({task: prediction}, latents)
         calls.append((tuple(image.shape[-2:]), resolution))
         if resolution:  # the whole image: the reference
-            return field
+            return {task.name: field}, []
         top, left = int(image[0, 0, 0, 0]), int(image[0, 1, 0, 0])  # the window's position, encoded below
         tile = field[..., top:top + image.shape[-2], left:left + image.shape[-1]]
-        return tile * 2.5 + 0.3 if isinstance(task, Depth) else tile
+        return {task.name: tile * 2.5 + 0.3 if isinstance(task, Depth) else tile}, []
 
     model._predict_at = fake_predict_at
     rows, cols = torch.meshgrid(torch.arange(40.0), torch.arange(56.0), indexing="ij")

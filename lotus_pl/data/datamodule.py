@@ -52,8 +52,6 @@ from lotus_pl.tasks.normal import hflip_normals
 
 log = logging.getLogger(__name__)
 
-_TENSOR_FIELDS = ("image", "depth", "normal", "albedo", "mask", "intrinsics")
-
 
 def collate_samples(samples: list[dict[str, Any]], flips: list[bool] | None = None) -> dict[str, Any]:
     """Stack the tensor fields every sample has, mirroring the samples marked in ``flips`` on the way;
@@ -65,7 +63,8 @@ def collate_samples(samples: list[dict[str, Any]], flips: list[bool] | None = No
     """
     flips = flips or [False] * len(samples)
     batch: dict[str, Any] = {"key": [s["meta"].get("__key__") for s in samples]}
-    for field in _TENSOR_FIELDS:
+    fields = [f for f, v in samples[0].items() if isinstance(v, torch.Tensor)]  # a new task's fields too
+    for field in fields:
         if not all(field in s for s in samples):
             continue
         values = [s[field] for s in samples]
@@ -157,11 +156,12 @@ class SampleDecoder:
 
     required: list[str]
     uint8_image: bool = False  # training: the device turns it into floats (DenseDataModule.on_after_batch_transfer)
+    optional: tuple[str, ...] = ()  # decoded when present (a joint model's ground truths in evaluation)
 
     def __call__(self, raw: dict[str, Any]) -> dict[str, Any]:
-        wanted = {"json", "mask", "rgb", *("rgb" if f == "image" else f for f in self.required)}
+        wanted = {"json", "mask", "rgb", *self.optional, *("rgb" if f == "image" else f for f in self.required)}
         raw = {k: v for k, v in raw.items() if k.startswith("__") or k.split(".", 1)[0] in wanted}
-        sample = decode_sample(raw, required=self.required, uint8_image=self.uint8_image)
+        sample = decode_sample(raw, required=self.required, uint8_image=self.uint8_image, extra=self.optional)
         if "intrinsics" in sample and not torch.isfinite(sample["intrinsics"]).all():
             raise SampleError(f"sample {raw.get('__key__')!r} in shard {raw.get('__url__')!r}: "
                               f"non-finite values in 'intrinsics' {sample['intrinsics'].tolist()}")
@@ -388,7 +388,7 @@ class DenseDataModule(LightningDataModule):
         hflip: probability of a random horizontal flip in training.
         shuffle_buffer: raw samples held per reader for shuffling the training stream.
         seed: seed of the shard assignment and order, the shuffle, the flips and the source choice.
-        required: sample fields every sample must have (the task's ground truth is added).
+        required: sample fields every sample must have (the tasks' ground truths are added).
         on_bad_sample: ``raise`` (stop with an error naming shard and sample) or ``skip`` (drop it,
             count it, warn once per shard and key).
         verify_shards: check every shard's sha256 and sample count against its manifest before
@@ -436,13 +436,19 @@ class DenseDataModule(LightningDataModule):
             if manifest is not None:
                 self.synthetic.ensure(manifest, split)
 
-    def _required_fields(self) -> list[str]:
-        fields = list(self.required)
-        task = getattr(getattr(self, "trainer", None), "lightning_module", None)
-        task = getattr(task, "task", None)
-        if task is not None and task.gt_key not in fields:
-            fields.append(task.gt_key)
-        return fields
+    def _task_fields(self) -> list[str]:
+        """The ground-truth keys of the model's tasks (none without a trainer)."""
+        module = getattr(getattr(self, "trainer", None), "lightning_module", None)
+        return [task.gt_key for task in getattr(module, "tasks", [])]
+
+    def _decoder(self, training: bool) -> SampleDecoder:
+        """Training needs every task's ground truth in every sample; evaluation of a joint model
+        scores each task on the samples that have its ground truth (a benchmark may hold only one)."""
+        tasks = self._task_fields()
+        if training or len(tasks) == 1:
+            required = list(dict.fromkeys([*self.required, *tasks]))
+            return SampleDecoder(required, uint8_image=training)
+        return SampleDecoder(list(self.required), optional=tuple(tasks))
 
     def _rank_world(self) -> tuple[int, int]:
         trainer = getattr(self, "trainer", None)
@@ -483,7 +489,7 @@ class DenseDataModule(LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         manifests = self.train_manifest if isinstance(self.train_manifest, list) else [self.train_manifest]
         rank, world = self._rank_world()
-        decode = SampleDecoder(self._required_fields(), uint8_image=True)
+        decode = self._decoder(training=True)
         sources = []
         for index, manifest in enumerate(manifests):
             urls, counts = self._shards(manifest, "train")
@@ -508,7 +514,7 @@ class DenseDataModule(LightningDataModule):
         rank, world = self._rank_world()
         urls, counts = self._shards(manifest, purpose)
         stream = ShardStream(urls, counts, rank, world, self.seed, endless=False, shuffle=False, bad_data=self.bad_data)
-        dataset = SourceBatches(stream, SampleDecoder(self._required_fields()), self.eval_batch_size, 0, 0.0,
+        dataset = SourceBatches(stream, self._decoder(training=False), self.eval_batch_size, 0, 0.0,
                                 partial=True, bad_data=self.bad_data, seed=self.seed)
         workers = min(self.num_workers, max(1, len(urls) // world))  # no worker without a shard of its own
         return DataLoader(dataset, batch_size=None, num_workers=workers)

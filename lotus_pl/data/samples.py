@@ -16,6 +16,10 @@ per-sample layout, so this is the single place that knows the byte formats:
   vector means invalid.
 * ``albedo.png``: uint8 RGB reflectance.
 * ``json``: per-sample metadata (``depth_scale``, ``fx, fy, cx, cy``, ...).
+* any other field ``<name>`` a task asks for (its ``gt_key``): ``<name>.npy``, a float
+  ``[H,W]`` or ``[H,W,C]`` array, decoded as is to ``[C,H,W]`` float32 (non-finite values kept,
+  for the task's ``valid_mask`` to judge), or ``<name>.png``, decoded to ``[C,H,W]`` float32 in
+  [0, 1] (8- or 16-bit). New tasks need no change here.
 
 Decoding failures raise :class:`SampleError` naming the sample key and shard,
 so a bad sample deep inside a long run can be found.
@@ -52,8 +56,13 @@ def _where(raw: Mapping[str, Any]) -> str:
     return f"sample {raw.get('__key__', '?')!r} in shard {raw.get('__url__', '?')!r}"
 
 
+def _field_keys(field: str) -> tuple[str, ...]:
+    """Raw keys a logical field may be stored under; fields of new tasks: ``<field>.npy|png``."""
+    return FIELD_KEYS.get(field, (f"{field}.npy", f"{field}.png"))
+
+
 def _find(raw: Mapping[str, Any], field: str) -> str | None:
-    for key in FIELD_KEYS[field]:
+    for key in _field_keys(field):
         if key in raw:
             return key
     return None
@@ -113,8 +122,27 @@ def image_to_float(image: torch.Tensor) -> torch.Tensor:
     return image.to(torch.float32).div_(255.0).mul_(2.0).sub_(1.0)
 
 
+def _decode_generic(raw: Mapping[str, Any], key: str) -> torch.Tensor:
+    """``<name>.npy`` as stored, or ``<name>.png`` scaled to [0, 1]; always ``[C, H, W]`` float32."""
+    if key.endswith(".npy"):
+        try:
+            arr = np.load(io.BytesIO(raw[key]), allow_pickle=False)
+        except Exception as exc:
+            raise SampleError(f"{_where(raw)}: cannot decode {key!r}: {exc}") from exc
+        if arr.ndim not in (2, 3) or not np.issubdtype(arr.dtype, np.number):
+            raise SampleError(f"{_where(raw)}: {key!r} must be a numeric [H, W] or [H, W, C] array, got {arr.dtype} {arr.shape}")
+    else:
+        img = _open(raw, key)
+        arr = np.asarray(img)
+        peak = 65535.0 if arr.dtype == np.uint16 or img.mode.startswith("I;16") else 255.0
+        arr = arr.astype(np.float32) / peak
+    arr = arr.astype(np.float32)
+    return _chw(arr[..., None] if arr.ndim == 2 else arr)
+
+
 def decode_sample(
-    raw: Mapping[str, Any], required: Sequence[str] = ("rgb", "depth"), uint8_image: bool = False
+    raw: Mapping[str, Any], required: Sequence[str] = ("rgb", "depth"), uint8_image: bool = False,
+    extra: Sequence[str] = (),
 ) -> dict[str, torch.Tensor | dict]:
     """Decode a raw (bytes-valued) WebDataset sample.
 
@@ -123,16 +151,16 @@ def decode_sample(
     metres (0 = invalid), ``normal`` [3,H,W] unit (0 = invalid), ``albedo``
     [3,H,W] in [-1,1], ``intrinsics`` [4] (fx, fy, cx, cy), and ``meta`` (the
     json contents plus ``__key__`` / ``__url__``). ``required`` lists logical
-    fields (``rgb``/``image``, ``depth``, ``normal``, ``albedo``, ``json``) whose
-    absence is an error.
+    fields (``rgb``/``image``, ``depth``, ``normal``, ``albedo``, ``json``, or a
+    new task's field) whose absence is an error; fields of new tasks are decoded
+    when named in ``required`` or ``extra``.
     """
+    extra = [*extra, *(_ALIASES.get(n, n) for n in required)]
     for name in required:
         field = _ALIASES.get(name, name)
-        if field not in FIELD_KEYS:
-            raise ValueError(f"unknown required field {name!r}; expected one of {sorted(FIELD_KEYS)}")
         if _find(raw, field) is None:
             raise SampleError(
-                f"{_where(raw)}: missing required field {name!r} (looked for {list(FIELD_KEYS[field])}; "
+                f"{_where(raw)}: missing required field {name!r} (looked for {list(_field_keys(field))}; "
                 f"sample has {sorted(k for k in raw if not k.startswith('__'))})"
             )
 
@@ -200,6 +228,11 @@ def decode_sample(
         if arr.ndim != 2:
             raise SampleError(f"{_where(raw)}: 'mask.png' must be single-channel")
         out["mask"] = torch.from_numpy(arr != 0)[None]
+
+    for field in extra:  # fields of tasks the project does not know (see the module docstring)
+        if field in out or field in FIELD_KEYS or (key := _find(raw, field)) is None:
+            continue
+        out[field] = _decode_generic(raw, key)
 
     if all(k in meta for k in ("fx", "fy", "cx", "cy")):
         out["intrinsics"] = torch.tensor([meta[k] for k in ("fx", "fy", "cx", "cy")], dtype=torch.float32)

@@ -11,7 +11,9 @@ collects the keys of every sample each rank scored, and rank 0 writes
 
 ``counts`` are the metric's own (images averaged over and images skipped for an empty valid mask
 for depth; pixels pooled for normals); ``keys`` lets anyone check that a multi-GPU evaluation
-scored each sample exactly once.
+scored each sample exactly once. ``tasks`` holds ``metrics`` and ``counts`` of every task scored:
+one for a single-task model; for a joint model, each task whose ground truth the dataset has (the
+first of them also heads the report, as ``task`` / ``metrics``).
 """
 
 from __future__ import annotations
@@ -78,18 +80,22 @@ class EvaluationResults(Callback):
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # Runs before the module's own hook, which logs and then resets the metric. compute() is a
         # collective under DDP (all ranks are here) and caches its result for the module's call.
-        metric = pl_module.val_metric
-        results = {name: _number(value) for name, value in metric.compute().items()}
+        scored = {}  # a joint model is scored on each task whose ground truth the dataset has
+        for scored_task in pl_module.scored_tasks():
+            metric = pl_module.val_metrics[scored_task.name]
+            scored[scored_task.name] = {"metrics": {name: _number(value) for name, value in metric.compute().items()},
+                                        "counts": metric_counts(metric)}
         per_rank = _gather(self._keys)
         keys = [key for part in per_rank for key in part]
-        if not trainer.is_global_zero:
+        if not trainer.is_global_zero or not scored:
             return
-        task = pl_module.task
+        task = next(t for t in pl_module.tasks if t.name in scored)  # the first scored task heads the report
         report = {
             "dataset": self.dataset,
             "task": task.name,
-            "metrics": results,
-            "counts": metric_counts(metric),
+            "metrics": scored[task.name]["metrics"],
+            "counts": scored[task.name]["counts"],
+            "tasks": scored,
             "num_samples": len(keys),
             "duplicate_keys": len(keys) - len(set(keys)),
             "world_size": trainer.world_size,

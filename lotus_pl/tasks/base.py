@@ -21,8 +21,11 @@ class Task(ABC):
 
     #: Name used for outputs and logged metrics ("depth", "normal", ...).
     name: str
-    #: Batch key holding this task's ground truth, decoded by the data pipeline.
+    #: Batch key holding this task's ground truth, decoded by the data pipeline. Keys the project
+    #: does not know are read from ``<gt_key>.npy`` / ``<gt_key>.png`` in the shards.
     gt_key: str
+    #: Weight of this task's latent loss when several tasks train together.
+    loss_weight: float = 1.0
 
     @abstractmethod
     def valid_mask(self, gt: Tensor) -> Tensor:

@@ -102,13 +102,15 @@ class Depth(Task):
         min_depth, max_depth: valid ground-truth range (exclusive), for the loss mask and metrics.
         edge_metrics: also score depth discontinuities (edge accuracy / completeness / F1); meaningful
             on ground truth with exact edges, such as the procedural scenes.
+        loss_weight: weight of this task's loss in a joint model.
     """
 
     name = "depth"
     gt_key = "depth"
 
     def __init__(self, encoding: DepthEncoding | None = None, min_depth: float = 1e-3, max_depth: float = 80.0,
-                 edge_metrics: bool = False) -> None:
+                 edge_metrics: bool = False, loss_weight: float = 1.0) -> None:
+        self.loss_weight = loss_weight
         self.encoding = encoding if encoding is not None else NormalizedDisparity()
         self.min_depth = min_depth
         self.max_depth = max_depth

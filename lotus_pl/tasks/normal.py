@@ -28,10 +28,17 @@ def hflip_normals(normal: Tensor) -> Tensor:
 
 
 class Normal(Task):
-    """Camera-frame unit surface normals; the annotation image is the normal itself."""
+    """Camera-frame unit surface normals; the annotation image is the normal itself.
+
+    Args:
+        loss_weight: weight of this task's loss in a joint model.
+    """
 
     name = "normal"
     gt_key = "normal"
+
+    def __init__(self, loss_weight: float = 1.0) -> None:
+        self.loss_weight = loss_weight
 
     def valid_mask(self, gt: Tensor) -> Tensor:
         return (gt.norm(dim=1, keepdim=True) > 0.5) & torch.isfinite(gt).all(dim=1, keepdim=True)
