@@ -8,7 +8,8 @@ chosen by ``class_path`` in YAML, so there is no option here that switches behav
 ``lotus_pl data <source> ...`` runs the dataset converters (training sources and the evaluation
 benchmarks); ``lotus_pl eval-suite ...`` evaluates a model on every benchmark of a task
 (:mod:`lotus_pl.evaluation.suite`); ``lotus_pl sweep ...`` expands, runs and
-collects ablation sweeps (:mod:`lotus_pl.sweep`).
+collects ablation sweeps (:mod:`lotus_pl.sweep`); ``lotus_pl reconstruct ...`` turns predicted depth
+into point clouds and meshes (:mod:`lotus_pl.reconstruct`).
 """
 
 from __future__ import annotations
@@ -96,6 +97,11 @@ def main(args: list[str] | None = None) -> None:
         from lotus_pl.sweep import sweep_main
 
         sweep_main(argv[1:])
+        return
+    if argv and argv[0] == "reconstruct":
+        from lotus_pl.reconstruct import reconstruct_main
+
+        reconstruct_main(argv[1:])
         return
     LotusCLI(args=None if args is None else argv)
 
