@@ -8,7 +8,8 @@ chosen by ``class_path`` in YAML, so there is no option here that switches behav
 ``lotus_pl data <source> ...`` runs the dataset converters (training sources and the evaluation
 benchmarks); ``lotus_pl eval-suite ...`` evaluates a model on every benchmark of a task
 (:mod:`lotus_pl.evaluation.suite`); ``lotus_pl sweep ...`` expands, runs and
-collects ablation sweeps (:mod:`lotus_pl.sweep`).
+collects ablation sweeps (:mod:`lotus_pl.sweep`); ``lotus_pl export ...`` writes a trained model as a
+diffusers folder in the layout of the Lotus releases (:mod:`lotus_pl.export`).
 """
 
 from __future__ import annotations
@@ -96,6 +97,11 @@ def main(args: list[str] | None = None) -> None:
         from lotus_pl.sweep import sweep_main
 
         sweep_main(argv[1:])
+        return
+    if argv and argv[0] == "export":
+        from lotus_pl.export import export_main
+
+        export_main(argv[1:])
         return
     LotusCLI(args=None if args is None else argv)
 
