@@ -9,7 +9,8 @@ chosen by ``class_path`` in YAML, so there is no option here that switches behav
 benchmarks); ``lotus_pl eval-suite ...`` evaluates a model on every benchmark of a task
 (:mod:`lotus_pl.evaluation.suite`); ``lotus_pl sweep ...`` expands, runs and
 collects ablation sweeps (:mod:`lotus_pl.sweep`); ``lotus_pl reconstruct ...`` turns predicted depth
-into point clouds and meshes (:mod:`lotus_pl.reconstruct`).
+into point clouds and meshes (:mod:`lotus_pl.reconstruct`); ``lotus_pl export ...`` writes a trained
+model as a diffusers folder in the layout of the Lotus releases (:mod:`lotus_pl.export`).
 """
 
 from __future__ import annotations
@@ -82,26 +83,26 @@ def data_main(args: list[str]) -> None:
     CLI(converters, args=args, as_positional=False)
 
 
+#: Commands beside Lightning's fit / validate / test / predict: name -> (module, function). Each
+#: takes its own arguments; an int it returns is the exit status. Modules load only when used.
+SUBCOMMANDS = {
+    "data": ("lotus_pl.cli", "data_main"),
+    "eval-suite": ("lotus_pl.evaluation.suite", "suite_main"),
+    "sweep": ("lotus_pl.sweep", "sweep_main"),
+    "reconstruct": ("lotus_pl.reconstruct", "reconstruct_main"),
+    "export": ("lotus_pl.export", "export_main"),
+}
+
+
 def main(args: list[str] | None = None) -> None:
     argv = sys.argv[1:] if args is None else list(args)
-    if argv and argv[0] == "data":
-        data_main(argv[1:])
-        return
-    if argv and argv[0] == "eval-suite":
-        from lotus_pl.evaluation.suite import suite_main
+    if argv and argv[0] in SUBCOMMANDS:
+        import importlib
 
-        if status := suite_main(argv[1:]):
-            sys.exit(status)  # some dataset failed
-        return
-    if argv and argv[0] == "sweep":
-        from lotus_pl.sweep import sweep_main
-
-        sweep_main(argv[1:])
-        return
-    if argv and argv[0] == "reconstruct":
-        from lotus_pl.reconstruct import reconstruct_main
-
-        reconstruct_main(argv[1:])
+        module, function = SUBCOMMANDS[argv[0]]
+        status = getattr(importlib.import_module(module), function)(argv[1:])
+        if isinstance(status, int) and status:
+            sys.exit(status)  # e.g. some dataset of the suite failed
         return
     LotusCLI(args=None if args is None else argv)
 

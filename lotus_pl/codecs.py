@@ -5,13 +5,15 @@
   ``f × f`` pixel block into channels, so decode(encode(x)) == x exactly and any error measured
   downstream is the model's alone.
 
-Codecs are frozen: they are never trained and are left out of checkpoints.
+Codecs are frozen: they are never trained and are left out of checkpoints. ``lotus_pl export``
+asks each codec to write what it needs into the exported folder (:meth:`Codec.export`).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -34,8 +36,17 @@ class Codec(nn.Module, ABC):
     def decode(self, latent: Tensor) -> Tensor:
         """``[B, C, h, w]`` -> ``[B, 3, h * f, w * f]`` in roughly [-1, 1]."""
 
+    @abstractmethod
+    def export(self, folder: Path) -> dict[str, Any]:
+        """Write this codec's weights into an exported diffusers ``folder`` (if it has any) and return
+        the ``class_path`` / ``init_args`` config that rebuilds it from there."""
+
     def train(self, mode: bool = True) -> "Codec":
         return super().train(False)  # frozen: always in eval mode
+
+
+def _class_path(obj: object) -> str:
+    return f"{type(obj).__module__}.{type(obj).__name__}"
 
 
 class SpaceToDepth(Codec):
@@ -55,6 +66,10 @@ class SpaceToDepth(Codec):
 
     def decode(self, latent: Tensor) -> Tensor:
         return F.pixel_shuffle(latent, self.downsample)
+
+    def export(self, folder: Path) -> dict[str, Any]:
+        """Nothing to write (no weights): the config alone rebuilds it."""
+        return {"class_path": _class_path(self), "init_args": {"factor": self.downsample}}
 
 
 class StableDiffusionVAE(Codec):
@@ -92,3 +107,9 @@ class StableDiffusionVAE(Codec):
     @torch.no_grad()
     def decode(self, latent: Tensor) -> Tensor:
         return self.vae.decode(latent.to(self.vae.dtype) / self.scaling_factor).sample
+
+    def export(self, folder: Path) -> dict[str, Any]:
+        """The VAE as ``<folder>/vae`` (config.json + safetensors), as in Stable Diffusion and Lotus folders."""
+        self.vae.save_pretrained(Path(folder) / "vae", safe_serialization=True)
+        return {"class_path": _class_path(self),
+                "init_args": {"path": str(folder), "subfolder": "vae", "sample_posterior": self.sample_posterior}}

@@ -7,6 +7,9 @@
   computed once from the local text encoder, which is then dropped.
 - :class:`SmallUNet` builds a small UNet from config for the embedded CPU default; its "text"
   context is a fixed random tensor, since it has no text encoder.
+- :class:`DiffusersUNet` loads a trained Lotus UNet as is from a diffusers folder: the Lotus
+  authors' released checkpoints, or what ``lotus_pl export`` writes. Nothing is adapted; the saved
+  config must match the model's formulation, codec and task switcher, and says how it does not.
 """
 
 from __future__ import annotations
@@ -19,6 +22,11 @@ import torch
 from diffusers import UNet2DConditionModel
 from torch import Tensor
 
+#: Where ``lotus_pl export`` keeps the fixed context of a model without a text encoder.
+TEXT_CONTEXT_FILE = "text_context.safetensors"
+#: ``conv_in`` width over the latent channels -> the Lotus variant it belongs to.
+LOTUS_VARIANTS = {1: "Lotus-D, model.formulation Deterministic", 2: "Lotus-G, model.formulation Generative"}
+
 
 class DenoiserFactory(ABC):
     """Makes the UNet for given input/output channels and task-switch width."""
@@ -30,6 +38,11 @@ class DenoiserFactory(ABC):
     @abstractmethod
     def text_context(self) -> Tensor:
         """The fixed cross-attention context, ``[1, tokens, cross_attention_dim]``."""
+
+    def text_encoder_folder(self) -> Path | None:
+        """The diffusers folder whose ``text_encoder/`` and ``tokenizer/`` give :meth:`text_context`,
+        so an export can ship them; ``None`` when the context comes from elsewhere."""
+        return None
 
 
 def _with_task_switcher(config: dict, class_embedding_dim: int) -> dict:
@@ -104,13 +117,26 @@ class SmallUNet(DenoiserFactory):
         return torch.randn(1, self.context_tokens, self.cross_attention_dim, generator=generator)
 
 
-def _require_folder(path: Path, *entries: str) -> None:
+def _require_folder(path: Path, entries: Sequence[str], what: str, hint: str) -> None:
     missing = [e for e in entries if not (path / e).exists()]
     if missing:
-        raise FileNotFoundError(
-            f"{path} is not a usable Stable Diffusion folder (diffusers layout): missing {', '.join(missing)}. "
-            "Point the config at a local copy of stabilityai/stable-diffusion-2 (base); nothing is downloaded at run time."
-        )
+        raise FileNotFoundError(f"{path} is not a usable {what} (diffusers layout): missing {', '.join(missing)}. {hint}")
+
+
+def _has_text_encoder(path: Path) -> bool:
+    return (path / "text_encoder" / "config.json").is_file() and (path / "tokenizer").is_dir()
+
+
+@torch.no_grad()
+def empty_prompt_embedding(path: Path) -> Tensor:
+    """The CLIP embedding of the empty prompt, unpadded ([BOS, EOS]) as Lotus uses it, from the
+    ``tokenizer/`` and ``text_encoder/`` of a local diffusers folder; ``[1, 2, hidden]``."""
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer", local_files_only=True)
+    encoder = CLIPTextModel.from_pretrained(path, subfolder="text_encoder", local_files_only=True)
+    ids = tokenizer("", padding="do_not_pad", return_tensors="pt").input_ids  # [BOS, EOS]
+    return encoder(ids)[0].float()
 
 
 def expand_conv_in(weight: Tensor, in_channels: int) -> Tensor:
@@ -137,7 +163,9 @@ class PretrainedStableDiffusion(DenoiserFactory):
     def __init__(self, path: str, unet_subfolder: str = "unet") -> None:
         self.path = Path(path)
         self.unet_subfolder = unet_subfolder
-        _require_folder(self.path, f"{unet_subfolder}/config.json", "text_encoder/config.json", "tokenizer")
+        _require_folder(self.path, [f"{unet_subfolder}/config.json", "text_encoder/config.json", "tokenizer"],
+                        "Stable Diffusion folder", "Point the config at a local copy of stabilityai/stable-diffusion-2 "
+                        "(base); nothing is downloaded at run time.")
 
     def build(self, in_channels: int, out_channels: int, class_embedding_dim: int) -> UNet2DConditionModel:
         pretrained = UNet2DConditionModel.from_pretrained(self.path, subfolder=self.unet_subfolder, local_files_only=True)
@@ -153,11 +181,90 @@ class PretrainedStableDiffusion(DenoiserFactory):
             raise RuntimeError(f"pretrained UNet at {self.path} does not match its config: missing {new}, unexpected {unexpected}")
         return unet
 
-    @torch.no_grad()
     def text_context(self) -> Tensor:
-        from transformers import CLIPTextModel, CLIPTokenizer
+        return empty_prompt_embedding(self.path)
 
-        tokenizer = CLIPTokenizer.from_pretrained(self.path, subfolder="tokenizer", local_files_only=True)
-        encoder = CLIPTextModel.from_pretrained(self.path, subfolder="text_encoder", local_files_only=True)
-        ids = tokenizer("", padding="do_not_pad", return_tensors="pt").input_ids  # [BOS, EOS]
-        return encoder(ids)[0].float()
+    def text_encoder_folder(self) -> Path | None:
+        return self.path
+
+
+def _conv_in(in_channels: int, latent_channels: int) -> str:
+    """``conv_in`` width in words, naming the Lotus variant it belongs to."""
+    ratio, remainder = divmod(in_channels, latent_channels)
+    variant = LOTUS_VARIANTS.get(ratio) if not remainder else None
+    return f"{in_channels} input channels" + (f" ({variant})" if variant else "")
+
+
+def _task_switcher(width: int) -> str:
+    return f"a task switcher (projection class embedding of width {width})" if width else "no task switcher (no class embedding)"
+
+
+def _saved_switch_width(config: dict, config_file: Path) -> int:
+    kind = config.get("class_embed_type")
+    if kind is None:
+        return 0
+    if kind != "projection":
+        raise ValueError(f"{config_file}: class_embed_type {kind!r} is not lotus_pl's task switcher (a 'projection' class embedding)")
+    return int(config["projection_class_embeddings_input_dim"])
+
+
+class DiffusersUNet(DenoiserFactory):
+    """A trained Lotus UNet, loaded as is from a local diffusers folder.
+
+    This is how lotus_pl runs the Lotus authors' released checkpoints (Lotus-G: 8-channel
+    ``conv_in``; Lotus-D: 4; both with the projection class embedding of the task switcher) and the
+    folders ``lotus_pl export`` writes. Unlike :class:`PretrainedStableDiffusion` nothing is widened
+    or added: the saved config must already match what the model asks for, else :meth:`build`
+    says which setting differs. The text context is the empty-prompt CLIP embedding when the folder
+    has ``text_encoder/`` and ``tokenizer/``, else the tensor in ``text_context.safetensors``.
+
+    Args:
+        path: the diffusers folder (``unet/``, and ``text_encoder/`` + ``tokenizer/`` or ``text_context.safetensors``).
+        subfolder: the UNet's subfolder.
+    """
+
+    def __init__(self, path: str, subfolder: str = "unet") -> None:
+        self.path = Path(path)
+        self.subfolder = subfolder
+        _require_folder(self.path, [f"{subfolder}/config.json"], "trained Lotus UNet folder",
+                        "Point model.denoiser.init_args.path at a local copy of a released Lotus checkpoint "
+                        "or at a folder written by `lotus_pl export`; nothing is downloaded at run time.")
+
+    def build(self, in_channels: int, out_channels: int, class_embedding_dim: int) -> UNet2DConditionModel:
+        config_file = self.path / self.subfolder / "config.json"
+        config = UNet2DConditionModel.load_config(self.path, subfolder=self.subfolder, local_files_only=True)
+        saved_in, saved_out = int(config["in_channels"]), int(config["out_channels"])
+        if saved_out != out_channels:
+            raise ValueError(f"{config_file}: the saved UNet predicts {saved_out} latent channels but the codec's latent has "
+                             f"{out_channels}; use the codec the model was trained with (model.codec)")
+        if saved_in != in_channels:
+            raise ValueError(f"{config_file}: the saved UNet has a conv_in of {_conv_in(saved_in, saved_out)} but the model "
+                             f"config asks for {_conv_in(in_channels, out_channels)}; set model.formulation to match the folder")
+        saved_switch = _saved_switch_width(config, config_file)
+        if saved_switch != class_embedding_dim:
+            raise ValueError(f"{config_file}: the saved UNet has {_task_switcher(saved_switch)} but the model config asks for "
+                             f"{_task_switcher(class_embedding_dim)}; set model.detail_preserver to match the folder "
+                             "(the released Lotus models have the switch: detail_preserver: true)")
+        unet, info = UNet2DConditionModel.from_pretrained(self.path, subfolder=self.subfolder, local_files_only=True,
+                                                          torch_dtype=torch.float32, output_loading_info=True)
+        problems = {k: v for k, v in info.items() if v}
+        if problems:
+            raise RuntimeError(f"{self.path / self.subfolder}: the saved weights do not match config.json: {problems}")
+        return unet
+
+    def text_context(self) -> Tensor:
+        if _has_text_encoder(self.path):
+            return empty_prompt_embedding(self.path)
+        file = self.path / TEXT_CONTEXT_FILE
+        if not file.is_file():
+            raise FileNotFoundError(f"{self.path} has no text context for the UNet: neither text_encoder/ + tokenizer/ "
+                                    f"(the Lotus releases) nor {TEXT_CONTEXT_FILE} (lotus_pl export of a model without a text encoder)")
+        from safetensors.torch import load_file
+
+        tensors = load_file(file)
+        if "text_context" not in tensors:
+            raise KeyError(f"{file} has no tensor 'text_context' (it has {sorted(tensors)})")
+        return tensors["text_context"].float()
+
+    def text_encoder_folder(self) -> Path | None:
+        return self.path if _has_text_encoder(self.path) else None

@@ -22,6 +22,8 @@ class Parameterization(ABC):
 
     #: Whether x0 can be recovered from the output when alpha_bar == 0 (zero terminal SNR).
     defined_at_zero_snr: bool = True
+    #: diffusers' name for this output (a scheduler config's ``prediction_type``).
+    prediction_type: str
 
     @abstractmethod
     def target(self, x0: Tensor, eps: Tensor, alpha_bar: Tensor) -> Tensor:
@@ -43,6 +45,7 @@ class Epsilon(Parameterization):
     """Predict the noise, as Stable Diffusion was trained. Ill-conditioned near t = T."""
 
     defined_at_zero_snr = False
+    prediction_type = "epsilon"
 
     def target(self, x0: Tensor, eps: Tensor, alpha_bar: Tensor) -> Tensor:
         return eps
@@ -57,6 +60,8 @@ class Epsilon(Parameterization):
 class Velocity(Parameterization):
     """Predict ``v = sqrt(a) * eps - sqrt(1 - a) * x0`` (Salimans & Ho); well defined at every t."""
 
+    prediction_type = "v_prediction"
+
     def target(self, x0: Tensor, eps: Tensor, alpha_bar: Tensor) -> Tensor:
         return alpha_bar.sqrt() * eps - (1 - alpha_bar).sqrt() * x0
 
@@ -69,6 +74,8 @@ class Velocity(Parameterization):
 
 class Sample(Parameterization):
     """Predict the clean annotation latent x0 directly (Lotus's choice)."""
+
+    prediction_type = "sample"
 
     def target(self, x0: Tensor, eps: Tensor, alpha_bar: Tensor) -> Tensor:
         return x0

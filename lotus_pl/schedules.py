@@ -56,6 +56,8 @@ class NoiseSchedule(torch.nn.Module):
             )
         self.num_train_timesteps = int(scheduler.config.num_train_timesteps)
         self.zero_terminal_snr = zero_terminal_snr
+        #: The diffusers scheduler config alpha_bar comes from (``lotus_pl export`` writes it out).
+        self.scheduler_config = dict(scheduler.config)
         self.register_buffer("alpha_bar", scheduler.alphas_cumprod.clone().float(), persistent=False)
 
     def at(self, t: Tensor | int, like: Tensor) -> Tensor:
