@@ -1,4 +1,5 @@
-"""Callbacks: writing predictions to disk, and the end-of-run learning report.
+"""Callbacks: writing predictions to disk (with videos' temporal consistency), and the end-of-run
+learning report.
 
 :class:`LearningReport` answers "did the model learn from the image?" on the validation shards:
 it scores the untrained model and an image-independent baseline (the mean training target, decoded
@@ -16,31 +17,61 @@ from typing import Any
 
 import torch
 from lightning import Callback, LightningModule, Trainer
-from lightning.pytorch.callbacks import BasePredictionWriter, WeightAveraging
+from lightning.pytorch.callbacks import WeightAveraging
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
+
+from lotus_pl.data.videos import output_stem
+from lotus_pl.tasks.depth import Depth
+from lotus_pl.temporal import TemporalConsistencyMeter
 
 log = logging.getLogger(__name__)
 
 
-class PredictionWriter(BasePredictionWriter):
+class PredictionWriter(Callback):
     """Write each prediction of ``lotus_pl predict`` next to its input's name, at the input's size.
 
+    A video frame ``clip.mp4#000012`` is written as ``clip_000012_*``. For depth predicted on videos,
+    it also measures each video's temporal consistency (:mod:`lotus_pl.temporal`) and at the end
+    writes ``<video stem>_temporal.json`` and prints the figure.
+
     Args:
-        output_dir: folder for the outputs (one set of files per input image).
+        output_dir: folder for the outputs (one set of files per input image or video frame).
+        temporal_size: longest edge the frames are downsampled to for the temporal-consistency
+            figure (0: no figure).
     """
 
-    def __init__(self, output_dir: str = "predictions") -> None:
-        super().__init__(write_interval="batch")
+    def __init__(self, output_dir: str = "predictions", temporal_size: int = 256) -> None:
         self.output_dir = Path(output_dir)
+        self.temporal_size = temporal_size
+        self.sequences: dict[str, TemporalConsistencyMeter] = {}
 
-    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
+    def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.sequences = {}
+
+    def on_predict_batch_end(self, trainer: Trainer, pl_module: LightningModule, prediction: dict[str, Any],
+                             batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         for i, path in enumerate(prediction["path"]):
-            stem = Path(path).stem
             files = []
             for task in pl_module.tasks:  # a joint model writes every task's files
-                files += task.save(prediction[task.name][i].float().cpu().numpy(), self.output_dir, stem)
+                pred = prediction[task.name][i : i + 1]
+                if "sequence" in batch and self.temporal_size and isinstance(task, Depth):
+                    meter = self.sequences.setdefault(
+                        batch["sequence"][i], TemporalConsistencyMeter(task.encoding.space, self.temporal_size))
+                    meter.update(pred[0, 0], batch["frame"][i])
+                if "size" in batch:  # at the original size (the loader may have resized the input)
+                    pred = task.resize_for(pred.float(), tuple(int(n) for n in batch["size"][i]))
+                files += task.save(pred[0].float().cpu().numpy(), self.output_dir, output_stem(path))
             log.info("%s -> %s", path, ", ".join(f.name for f in files))
+
+    def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        for sequence, meter in self.sequences.items():
+            result = {"sequence": sequence, **meter.compute()}
+            out = self.output_dir / f"{Path(sequence).stem}_temporal.json"
+            out.write_text(json.dumps(result, indent=2))
+            figure = "n/a (a single frame)" if result["mean_change"] is None else f"{result['mean_change']:.4f}"
+            print(f"temporal consistency of {sequence} ({result['frames']} frames): mean frame-to-frame change "
+                  f"of aligned relative {result['space']} = {figure} of its range -> {out}", flush=True)
 
 
 @torch.no_grad()

@@ -46,6 +46,13 @@ class LotusCLI(LightningCLI):
         if config.get("ckpt_path") == "resume":
             config["ckpt_path"] = newest_checkpoint(self.trainer.default_root_dir)
 
+    def before_predict(self) -> None:
+        """Predictions go to disk (``PredictionWriter``); unless asked, do not also keep every one of
+        them in memory, as Lightning does by default: a long video or a big folder would not fit."""
+        config = self.config_init[self.subcommand]
+        if config.get("return_predictions") is None:
+            config["return_predictions"] = False
+
 
 def newest_checkpoint(run_dir: str) -> str | None:
     candidates = [*Path(run_dir).glob("hpc_ckpt_*.ckpt"), *Path(run_dir).glob("checkpoints/last*.ckpt")]

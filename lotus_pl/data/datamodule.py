@@ -1,4 +1,4 @@
-"""The DataModule: WebDataset shards (from manifests) for fit/validate/test, image files for predict.
+"""The DataModule: WebDataset shards (from manifests) for fit/validate/test, images and videos for predict.
 
 Training splits each source's shards disjointly over ranks and then over each rank's loader
 workers, balancing sample counts (uneven shards are fine: the manifest knows every shard's count).
@@ -45,8 +45,8 @@ import webdataset as wds
 from lightning import LightningDataModule
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from lotus_pl.data.images import ImageFiles, collate_images
 from lotus_pl.data.manifest import Manifest, iter_tar, split_member_name
+from lotus_pl.data.predict_inputs import PredictInputs, list_inputs, plan_inputs
 from lotus_pl.data.samples import SampleError, decode_sample, image_to_float
 from lotus_pl.tasks.normal import hflip_normals
 
@@ -374,7 +374,7 @@ class SyntheticScenes:
 
 
 class DenseDataModule(LightningDataModule):
-    """Shards for training and evaluation, image files for prediction.
+    """Shards for training and evaluation, image files and videos for prediction.
 
     Args:
         train_manifest: manifest of the training shards, or several manifests to mix.
@@ -394,8 +394,12 @@ class DenseDataModule(LightningDataModule):
         verify_shards: check every shard's sha256 and sample count against its manifest before
             reading (one extra pass over the data); a mismatching shard follows ``on_bad_sample``.
         synthetic: render the procedural scenes into missing manifests (the embedded default).
-        predict_input: a file, folder or glob of images for ``lotus_pl predict``.
-        predict_batch_size: images per predict batch (same-sized images only when > 1).
+        predict_input: a file, folder or glob of images and videos for ``lotus_pl predict``
+            (:mod:`lotus_pl.data.predict_inputs`).
+        predict_batch_size: images (or consecutive video frames) per predict batch; images are
+            grouped by size, so a batch always holds one size.
+        video_stride: predict every k-th frame of videos.
+        max_frames: at most this many frames per video (0: all).
     """
 
     def __init__(
@@ -416,6 +420,8 @@ class DenseDataModule(LightningDataModule):
         synthetic: SyntheticScenes | None = None,
         predict_input: str | None = None,
         predict_batch_size: int = 1,
+        video_stride: int = 1,
+        max_frames: int = 0,
     ) -> None:
         super().__init__()
         self.train_manifest, self.val_manifest, self.test_manifest = train_manifest, val_manifest, test_manifest
@@ -427,6 +433,7 @@ class DenseDataModule(LightningDataModule):
         self.verify_shards = verify_shards
         self.synthetic = synthetic
         self.predict_input, self.predict_batch_size = predict_input, predict_batch_size
+        self.video_stride, self.max_frames = video_stride, max_frames
 
     def prepare_data(self) -> None:
         if self.synthetic is None:
@@ -526,7 +533,17 @@ class DenseDataModule(LightningDataModule):
         return self._eval_loader(self.test_manifest or self.val_manifest, "test")
 
     def predict_dataloader(self) -> DataLoader:
+        """Images and video frames in batches of one size, this rank's share of the inputs (whole
+        files, balanced by item count). When the model resizes whole images to its processing
+        resolution (no tiling), the loader does it instead, so that huge inputs never become huge tensors."""
         if self.predict_input is None:
             raise ValueError("no images to predict on: set data.predict_input to a file, folder or glob")
-        return DataLoader(ImageFiles(self.predict_input), batch_size=self.predict_batch_size,
-                          num_workers=min(self.num_workers, 2), collate_fn=collate_images)
+        model = getattr(getattr(self, "trainer", None), "lightning_module", None)
+        max_size = 0 if model is None or getattr(model, "tile_size", 0) else getattr(model, "processing_resolution", 0)
+        paths = list_inputs(self.predict_input)
+        jobs = plan_inputs(paths, self.predict_batch_size, max_size, self.video_stride, self.max_frames)
+        if not jobs:
+            raise ValueError(f"none of the {len(paths)} inputs at {self.predict_input!r} can be read (see the warnings above)")
+        rank, world = self._rank_world()
+        mine = [jobs[i] for i in assign_shards([job.num_items for job in jobs], world, self.seed)[rank]]
+        return DataLoader(PredictInputs(mine), batch_size=None, num_workers=min(self.num_workers, 2, len(mine)))

@@ -1,81 +1,102 @@
-"""Images to predict on: a file, a folder or a glob, in any format PIL reads.
+"""Reading one image to predict on, in any format PIL reads, as an upright RGB tensor.
 
-Grayscale, RGBA (composited on white), palette, 16-bit and EXIF-rotated images all become
-``[3, H, W]`` float tensors in [-1, 1] in their upright orientation. An image that cannot be read
-is reported (file named) and skipped; the rest continue.
+Every mode becomes ``[3, H, W]`` floats in [-1, 1] in its upright (EXIF-applied) orientation:
+
+- 8-bit modes (L, RGB, P, 1, CMYK, YCbCr, ...) through PIL's conversion to RGB;
+- modes with transparency (RGBA, LA, PA, P with a transparent colour) composited on white;
+- 16-bit grayscale (``I;16``) divided by 65535 in float32, so no precision is lost;
+- 32-bit integers (``I``): 8-bit or 16-bit data as such, anything else min-max normalised;
+- floats (``F``): kept if within [0, 1], else min-max normalised (NaN and inf become 0).
+
+``max_size`` lets the loader do the model's downscaling itself, so that a huge photo never becomes
+a huge tensor: an image whose longest edge exceeds it is decoded reduced (JPEG DCT scaling through
+``Image.draft``) and resized with PIL's antialiased bilinear filter to exactly the size the model
+would resize it to (:func:`processing_size`), which is what ``torch``'s antialiased bilinear
+interpolation reproduces. The caller resizes the prediction back to the original size.
 """
 
 from __future__ import annotations
 
-import glob
-import logging
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
-from torch.utils.data import Dataset
-
-log = logging.getLogger(__name__)
+from PIL import ExifTags, Image, ImageOps
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm"}
 
-
-def list_images(spec: str) -> list[Path]:
-    """Expand ``spec`` (a file, a folder searched recursively, or a glob) to sorted image paths."""
-    path = Path(spec)
-    if path.is_file():
-        return [path]
-    if path.is_dir():
-        found = [p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
-    else:
-        found = [Path(p) for p in glob.glob(spec, recursive=True) if Path(p).suffix.lower() in IMAGE_SUFFIXES]
-    if not found:
-        raise FileNotFoundError(f"no images found at {spec!r} (a file, a folder, or a glob such as 'photos/*.jpg')")
-    return sorted(found)
+#: EXIF orientations that turn the stored image by 90 degrees (its upright size is transposed).
+_TRANSPOSING_ORIENTATIONS = {5, 6, 7, 8}
 
 
-def load_image(path: str | Path) -> torch.Tensor:
-    """Read ``path`` as an upright RGB ``[3, H, W]`` tensor in [-1, 1]."""
+def processing_size(size: tuple[int, int], resolution: int) -> tuple[int, int]:
+    """``(H, W)`` resized so that the longest edge is ``resolution`` (0 keeps it), as the model does."""
+    height, width = size
+    if resolution <= 0 or max(height, width) == resolution:
+        return height, width
+    scale = resolution / max(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def _upright(img: Image.Image) -> tuple[bool, tuple[int, int]]:
+    """Whether the EXIF orientation turns the stored image by 90 degrees, and its upright ``(H, W)``."""
+    width, height = img.size
+    turned = img.getexif().get(ExifTags.Base.Orientation) in _TRANSPOSING_ORIENTATIONS
+    return turned, ((width, height) if turned else (height, width))
+
+
+def upright_size(path: str | Path) -> tuple[int, int]:
+    """``(H, W)`` of the image as displayed (EXIF rotation applied), from its header alone."""
     with Image.open(path) as img:
-        img = ImageOps.exif_transpose(img)
-        if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-            arr = np.asarray(img, dtype=np.float32)
-            peak = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
-            arr = np.repeat((arr / peak)[..., None], 3, axis=-1)
+        return _upright(img)[1]
+
+
+def _unit_range(arr: np.ndarray) -> np.ndarray:
+    """Min-max normalise the finite values to [0, 1]; others become 0."""
+    finite = np.isfinite(arr)
+    if not finite.any():
+        return np.zeros_like(arr, dtype=np.float32)
+    low, high = arr[finite].min(), arr[finite].max()
+    out = (arr - low) / max(float(high - low), 1e-12)
+    return np.where(finite, out, 0.0).astype(np.float32)
+
+
+def _rgb_or_scalar(img: Image.Image) -> Image.Image:
+    """An ``RGB`` image (8-bit data) or an ``F`` image with values in [0, 1] (high-precision data)."""
+    if img.mode.startswith("I;16"):
+        return Image.fromarray(np.asarray(img, dtype=np.float32) / 65535.0)
+    if img.mode in ("I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        finite = arr[np.isfinite(arr)]
+        if img.mode == "F" and finite.size and finite.min() >= 0 and finite.max() <= 1:
+            arr = np.nan_to_num(arr, nan=0.0, posinf=0.0, neginf=0.0)
+        elif img.mode == "I" and finite.size and finite.min() >= 0 and finite.max() <= 65535:
+            arr = arr / (255.0 if finite.max() <= 255 else 65535.0)
         else:
-            if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-                rgba = img.convert("RGBA")
-                background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-                img = Image.alpha_composite(background, rgba)
-            arr = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
-    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))).clamp(0, 1) * 2 - 1
+            arr = _unit_range(arr)
+        return Image.fromarray(arr.astype(np.float32))
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+    return img.convert("RGB")
 
 
-class ImageFiles(Dataset):
-    """Images for ``lotus_pl predict``; unreadable files yield ``None`` and are skipped by the collate."""
+def load_image(path: str | Path, max_size: int = 0) -> torch.Tensor:
+    """Read ``path`` as an upright RGB ``[3, H, W]`` tensor in [-1, 1].
 
-    def __init__(self, spec: str) -> None:
-        self.paths = list_images(spec)
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> dict | None:
-        path = self.paths[index]
-        try:
-            return {"image": load_image(path), "path": str(path)}
-        except (OSError, UnidentifiedImageError, ValueError) as exc:
-            log.warning("skipping %s: cannot read it as an image (%s)", path, exc)
-            return None
-
-
-def collate_images(items: list[dict | None]) -> dict:
-    """Batch same-sized images; drop unreadable ones. Different sizes need batch size 1."""
-    items = [it for it in items if it is not None]
-    if not items:
-        return {"image": torch.empty(0, 3, 1, 1), "path": []}
-    sizes = {tuple(it["image"].shape) for it in items}
-    if len(sizes) > 1:
-        raise ValueError(f"images of different sizes {sorted(sizes)} in one batch; use predict_batch_size=1")
-    return {"image": torch.stack([it["image"] for it in items]), "path": [it["path"] for it in items]}
+    With ``max_size > 0``, an image whose longest edge is larger comes back at
+    ``processing_size(upright_size(path), max_size)`` instead of its own size.
+    """
+    with Image.open(path) as img:
+        turned, upright = _upright(img)
+        target = processing_size(upright, max_size) if max_size > 0 and max(upright) > max_size else None
+        if target is not None:  # JPEG: decode at 1/2, 1/4 or 1/8 scale, still at least twice the target
+            img.draft(None, (2 * target[0], 2 * target[1]) if turned else (2 * target[1], 2 * target[0]))
+        img = _rgb_or_scalar(ImageOps.exif_transpose(img))
+        if target is not None and img.size != (target[1], target[0]):
+            img = img.resize((target[1], target[0]), Image.Resampling.BILINEAR)
+        if img.mode == "F":
+            arr = np.repeat(np.asarray(img, dtype=np.float32)[None], 3, axis=0)
+        else:
+            arr = np.asarray(img, dtype=np.float32).transpose(2, 0, 1) / 255.0
+    return torch.from_numpy(np.ascontiguousarray(arr)).clamp(0, 1) * 2 - 1
