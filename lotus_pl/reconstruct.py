@@ -19,7 +19,8 @@ from typing import Literal
 import numpy as np
 import torch.nn.functional as F
 
-from lotus_pl.data.images import list_images, load_image
+from lotus_pl.data.images import IMAGE_SUFFIXES, load_image
+from lotus_pl.data.predict_inputs import list_inputs
 from lotus_pl.geometry import (
     FRAME_COMMENT,
     SPACES,
@@ -136,7 +137,9 @@ def reconstruct(
     if not depth_files:
         raise FileNotFoundError(f"no <stem>_depth.npy predictions in {pred_dir} (written by lotus_pl predict)")
     out_dir = Path(output_dir) if output_dir is not None else pred_dir
-    image_paths = _by_stem(list_images(images), "image") if images is not None else {}
+    image_paths = {}
+    if images is not None:
+        image_paths = _by_stem([p for p in list_inputs(images) if p.suffix.lower() in IMAGE_SUFFIXES], "image")
     sparse_paths = _by_stem(_list_sparse(sparse), "sparse depth") if sparse is not None else {}
     if intrinsics is None:
         print(f"intrinsics: GUESSED from a {fov:g} degree {fov_axis} field of view (pass --intrinsics for a calibrated camera)")
