@@ -160,11 +160,6 @@ class LotusModel(LightningModule):
             raise RuntimeError(f"this model predicts {[t.name for t in self.tasks]}; use model.tasks")
         return self.tasks[0]
 
-    @property
-    def val_metric(self):
-        """The metric of a single-task model."""
-        return self.val_metrics[self.task.name]
-
     def metric_prefix(self, task: Task) -> str:
         """``""`` for a single-task model (``val/abs_rel``), ``"<task>/"`` for a joint one."""
         return "" if len(self.tasks) == 1 else f"{task.name}/"
