@@ -157,12 +157,13 @@ class LearningReport(Callback):
 
     @rank_zero_only
     def _report(self, pl_module: LightningModule, results: dict[str, Any], out: Path) -> None:
-        lines = []
+        lines, headlines = [], []
         for task in pl_module.tasks:
             prefix = pl_module.metric_prefix(task)
             own = {row: {k[len(prefix):]: v for k, v in results[row].items() if k.startswith(prefix)}
                    for row in ("untrained", "mean_target", "trained_raw_weights", "trained") if row in results}
             name, _ = task.headline(own["trained"])
+            headlines.append(prefix + name)
             lines.append(f"Learning report ({task.name}, validation set, step {results['global_step']}):")
             for row, metrics in own.items():
                 extra = "  ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k != name and "/" not in k)
@@ -175,4 +176,4 @@ class LearningReport(Callback):
                 )
         rank_zero_info("\n".join(lines))
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(results, indent=2))
+        out.write_text(json.dumps({**results, "headline": headlines}, indent=2))  # sweeps tabulate these

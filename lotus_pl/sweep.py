@@ -235,8 +235,10 @@ def _run_result(run: dict[str, Any]) -> dict[str, Any]:
     report = run_dir / REPORT
     if report.is_file():
         data = json.loads(report.read_text())
-        return {**row, "status": "finished", "step": data.get("global_step"), **data["trained"],
-                **{f"baseline_{k}": v.get("abs_rel", v.get("mean")) for k, v in data.items() if k in ("untrained", "mean_target")}}
+        # the task's headline metric (lower is better); reports written before it was recorded: depth or normals
+        headline = data.get("headline") or [next(k for k in ("abs_rel", "mean") if k in data["trained"])]
+        return {**row, "status": "finished", "step": data.get("global_step"), **data["trained"], "headline": ",".join(headline),
+                **{f"baseline_{k}": v.get(headline[0]) for k, v in data.items() if k in ("untrained", "mean_target")}}
     step = None
     last = run_dir / "checkpoints" / "last.ckpt"
     if last.is_file():
@@ -267,8 +269,9 @@ def collect(sweep_dir: str | Path, metrics: list[str] | None = None) -> dict[str
     if len(set(names.values())) < len(names):
         names = {k: k for k in dotted}
     override_keys = list(names.values())
-    metric_keys = metrics or [k for k in ("abs_rel", "delta1", "mean", "a11_25", "edge_f1", "edge_accuracy", "edge_completeness")
-                               if any(k in r for r in rows)]
+    headlines = [h for r in rows for h in str(r.get("headline") or "").split(",") if h]  # any task's, first
+    known = ("abs_rel", "delta1", "mean", "a11_25", "edge_f1", "edge_accuracy", "edge_completeness")
+    metric_keys = metrics or [k for k in dict.fromkeys([*headlines, *known]) if any(k in r for r in rows)]
 
     groups: dict[str, list[dict[str, Any]]] = {}
     for row in rows:

@@ -112,6 +112,7 @@ def test_joint_fit_reports_and_predicts_every_task(tiny_dataset, tiny_sd, tmp_pa
     args = tiny_overrides(["experiments/quickstart.yaml", "experiments/variants/quickstart_joint.yaml"], tiny_dataset, tiny_sd, run)
     main(["fit", *args, *checkpoint_every(1)])
     report = json.loads((run / "learning_report.json").read_text())
+    assert report["headline"] == ["depth/abs_rel", "normal/mean", "albedo/si_mse"]  # what sweeps tabulate
     for key in ("depth/abs_rel", "normal/mean", "albedo/si_mse", "albedo/lmse"):
         assert key in report["trained"] and key in report["untrained"] and key in report["mean_target"]
     photos = tmp_path / "photos"

@@ -109,6 +109,22 @@ def test_run_and_collect_with_a_killed_run(tmp_path, tiny_dataset):
     assert (tmp_path / "sweep" / "results.csv").read_text().count("\n") == 5
 
 
+def test_collect_tabulates_any_tasks_headline_metric(tmp_path, tiny_dataset):
+    """A task the collector has never heard of (albedo's si_mse) gets its columns from the reports."""
+    plan = expand(SweepSpec.load(write_spec(tmp_path, tiny_dataset)))
+    for i, run in enumerate(plan["runs"]):
+        Path(run["dir"]).mkdir(parents=True, exist_ok=True)
+        report = {"untrained": {"si_mse": 0.09, "lmse": 0.5}, "mean_target": {"si_mse": 0.05, "lmse": 0.4},
+                  "trained": {"si_mse": 0.01 * (i + 1), "lmse": 0.1}, "global_step": 3, "headline": ["si_mse"]}
+        (Path(run["dir"]) / "learning_report.json").write_text(json.dumps(report))
+    result = collect(tmp_path / "sweep")
+    assert result["runs"][0]["baseline_untrained"] == 0.09 and result["runs"][0]["baseline_mean_target"] == 0.05
+    header = (tmp_path / "sweep" / "results.md").read_text().splitlines()[2]
+    assert header == "| formulation | parameterization | seeds | steps | si_mse |"
+    sample = next(s for s in result["summary"] if s["parameterization"] == "Sample")
+    assert sample["si_mse"].startswith("0.0150 ± ")  # runs 0 and 1: 0.01 and 0.02
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
