@@ -32,8 +32,9 @@ class DenoiserFactory(ABC):
     """Makes the UNet for given input/output channels and task-switch width."""
 
     @abstractmethod
-    def build(self, in_channels: int, out_channels: int, class_embedding_dim: int) -> UNet2DConditionModel:
-        """The UNet; ``class_embedding_dim == 0`` means no task switcher."""
+    def build(self, in_channels: int, out_channels: int, class_embedding_dim: int) -> torch.nn.Module:
+        """The UNet (or a module called like one, see ``lotus_pl.baselines``); ``class_embedding_dim == 0``
+        means no task switcher."""
 
     @abstractmethod
     def text_context(self) -> Tensor:

@@ -39,10 +39,14 @@ def tiny_overrides(configs: list[str], tiny_dataset: dict, tiny_sd: Path, run_di
         "--data.train_probabilities=null", "--data.synthetic=null", "--data.num_workers=0",
         "--data.batch_size=2", "--data.eval_batch_size=4",
     ]
-    denoiser = yaml.safe_load((ROOT / configs[0]).read_text())["model"]["denoiser"]["class_path"]
+    denoisers = [(yaml.safe_load((ROOT / c).read_text()).get("model") or {}).get("denoiser") for c in configs]
+    denoiser = [d for d in denoisers if d][-1]["class_path"]  # the last config that sets it
     if denoiser.endswith("PretrainedStableDiffusion"):
         args += [f"--model.denoiser.path={tiny_sd}", f"--model.codec.path={tiny_sd}",
                  f"--model.noise_schedule.pretrained_path={tiny_sd}", "--model.processing_resolution=32"]
+    elif denoiser.endswith("TimmRegressor"):
+        args += ["--model.denoiser.encoder_kwargs={patch_size: 1, dims: [8, 16, 24, 32], depths: [1, 1, 1, 1]}",
+                 "--model.denoiser.decoder_channels=16"]
     else:
         args += ["--model.denoiser.block_out_channels=[16,32]", "--model.denoiser.cross_attention=[false,true]",
                  "--model.denoiser.cross_attention_dim=16"]
