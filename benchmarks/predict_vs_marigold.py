@@ -25,7 +25,7 @@ the cases of one section alternate within each round so machine load hits them a
 (c) the floor: one bare ``vae.encode`` (mode × scaling) + ``unet`` + ``vae.decode`` on an already
     resized tensor against ``predict_image`` on the raw image, for a raw image at the processing
     size and for a larger one that is resized; and the full ``lotus_pl predict`` path (file read
-    through ``ImageFiles``, ``predict_step``, ``PredictionWriter`` writing the depth files);
+    through ``PredictInputs``, ``predict_step``, ``PredictionWriter`` writing the depth files);
 (d) peak memory of one prediction: on CUDA ``torch.cuda.max_memory_allocated``; on CPU each side
     runs in a fresh process that loads the components, resets the kernel's resident-set high-water
     mark (``/proc/self/clear_refs``), predicts one image and reads ``VmHWM`` (the growth over the
@@ -320,7 +320,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     import diffusers
 
     from lotus_pl.callbacks import PredictionWriter
-    from lotus_pl.data.images import ImageFiles, collate_images
+    from lotus_pl.data.predict_inputs import PredictInputs, plan_inputs
 
     size = SIZES["quick" if args.quick else "full"]
     rounds = args.rounds or (2 if args.quick else 7)
@@ -354,12 +354,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         large = sample_image(*size["large_input_hw"], device)
         image_file = Path(tmp) / "input.png"
         Image.fromarray(np.round((image[0].permute(1, 2, 0).cpu().numpy() + 1) * 127.5).astype(np.uint8)).save(image_file)
-        files, writer = ImageFiles(str(image_file)), PredictionWriter(str(Path(tmp) / "predictions"))
+        # as `lotus_pl predict` plans its inputs (the loader resizes to the processing resolution)
+        inputs = PredictInputs(plan_inputs([image_file], 1, model.processing_resolution))
+        writer = PredictionWriter(str(Path(tmp) / "predictions"))
 
         def full_predict_path() -> None:
-            batch = collate_images([files[0]])
+            batch = next(iter(inputs))
             batch["image"] = batch["image"].to(device)
-            writer.write_on_batch_end(None, model, model.predict_step(batch, 0), None, batch, 0)
+            writer.on_predict_batch_end(None, model, model.predict_step(batch, 0), batch, 0)
 
         cases = {
             "lotus": lambda: model.predict_image(image),
