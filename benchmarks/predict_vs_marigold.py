@@ -60,6 +60,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from lotus_pl.tiny_components import write_tiny_clip
+
 #: Component sizes: the full run (768 px) and the seconds-long smoke test.
 SIZES: dict[str, dict[str, Any]] = {
     "full": dict(vae_channels=(16, 32, 64, 64), vae_groups=8, unet_channels=(64, 128, 256), unet_groups=16,
@@ -73,23 +75,6 @@ OVERHEAD_TARGET = 0.15
 
 
 # ------------------------------------------------------------------------------ components
-def write_tiny_clip(folder: Path, hidden: int) -> None:
-    """A one-layer CLIP text encoder and a byte-level BPE tokenizer with a minimal vocabulary."""
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
-    tok_dir = folder / "tokenizer"
-    tok_dir.mkdir(parents=True)
-    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
-    vocab = {t: i for i, t in enumerate(letters + [c + "</w>" for c in letters] + ["<|startoftext|>", "<|endoftext|>"])}
-    (tok_dir / "vocab.json").write_text(json.dumps(vocab))
-    (tok_dir / "merges.txt").write_text("#version: 0.2\n")
-    CLIPTokenizer(str(tok_dir / "vocab.json"), str(tok_dir / "merges.txt"), model_max_length=77).save_pretrained(tok_dir)
-    config = CLIPTextConfig(vocab_size=len(vocab), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=1,
-                            num_attention_heads=2, max_position_embeddings=77, bos_token_id=vocab["<|startoftext|>"],
-                            eos_token_id=vocab["<|endoftext|>"], pad_token_id=vocab["<|endoftext|>"])
-    CLIPTextModel(config).save_pretrained(folder / "text_encoder")
-
-
 def write_components(folder: Path, size: dict[str, Any]) -> dict[str, Any]:
     """Save VAE, 8-channel UNet, CLIP and DDIM scheduler (diffusers layout); return their sizes."""
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel

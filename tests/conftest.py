@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
+
+from lotus_pl.tiny_components import write_tiny_clip
 
 TINY_UNET = dict(block_out_channels=[16, 32], cross_attention=[False, True], attention_head_dim=8, cross_attention_dim=16)
 
@@ -23,24 +24,6 @@ def tiny_dataset(tmp_path_factory) -> dict[str, str]:
         write_synthetic_split(str(root / "shards"), str(manifest), split, num, size=32, seed=0, samples_per_shard=8, workers=1)
         out[split] = str(manifest)
     return out
-
-
-def _write_tiny_clip(folder: Path, hidden: int) -> None:
-    """A CLIP text encoder and tokenizer with a minimal byte-level BPE vocabulary."""
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
-    tok_dir = folder / "tokenizer"
-    tok_dir.mkdir(parents=True)
-    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
-    vocab = {t: i for i, t in enumerate(letters + [c + "</w>" for c in letters] + ["<|startoftext|>", "<|endoftext|>"])}
-    (tok_dir / "vocab.json").write_text(json.dumps(vocab))
-    (tok_dir / "merges.txt").write_text("#version: 0.2\n")
-    CLIPTokenizer(str(tok_dir / "vocab.json"), str(tok_dir / "merges.txt")).save_pretrained(tok_dir)
-    config = CLIPTextConfig(vocab_size=len(vocab), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=1,
-                            num_attention_heads=2, max_position_embeddings=77, bos_token_id=vocab["<|startoftext|>"],
-                            eos_token_id=vocab["<|endoftext|>"], pad_token_id=vocab["<|endoftext|>"])
-    torch.manual_seed(0)
-    CLIPTextModel(config).save_pretrained(folder / "text_encoder")
 
 
 @pytest.fixture(scope="session")
@@ -60,5 +43,5 @@ def tiny_sd(tmp_path_factory) -> Path:
         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=8,
     ).save_pretrained(folder / "vae")
     DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012).save_pretrained(folder / "scheduler")
-    _write_tiny_clip(folder, hidden=16)
+    write_tiny_clip(folder, hidden=16)
     return folder
