@@ -28,6 +28,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
 from lotus_pl.codecs import Codec, SpaceToDepth
+from lotus_pl.data.images import processing_size
 from lotus_pl.denoisers import DenoiserFactory
 from lotus_pl.formulations import Deterministic, Formulation
 from lotus_pl.parameterizations import Parameterization, Sample
@@ -283,9 +284,8 @@ class LotusModel(LightningModule):
         """Predictions at the input size, and the latents they were decoded from."""
         height, width = image.shape[-2:]
         x = image
-        if resolution > 0 and max(height, width) != resolution:
-            scale = resolution / max(height, width)
-            size = (max(1, round(height * scale)), max(1, round(width * scale)))
+        size = processing_size((height, width), resolution)  # the loader's resize uses the same sizes
+        if size != (height, width):
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
         h, w = x.shape[-2:]
         m = self.size_multiple

@@ -90,14 +90,16 @@ def _to_rgb_float(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
 
 
-def _load_npy(raw: Mapping[str, Any], key: str, ndim: int) -> np.ndarray:
-    """An ``np.save`` payload as float64 with ``ndim`` dimensions (no pickles)."""
+def _load_npy(raw: Mapping[str, Any], key: str, ndim: int | tuple[int, ...]) -> np.ndarray:
+    """An ``np.save`` payload as float64 with ``ndim`` dimensions, or one of several (no pickles)."""
     try:
         arr = np.load(io.BytesIO(raw[key]), allow_pickle=False)
     except Exception as exc:
         raise SampleError(f"{_where(raw)}: cannot decode {key!r}: {exc}") from exc
-    if arr.ndim != ndim or not np.issubdtype(arr.dtype, np.number):
-        raise SampleError(f"{_where(raw)}: {key!r} must be a {ndim}-D numeric array, got {arr.dtype} {arr.shape}")
+    allowed = (ndim,) if isinstance(ndim, int) else ndim
+    if arr.ndim not in allowed or not np.issubdtype(arr.dtype, np.number):
+        dims = " or ".join(str(n) for n in allowed)
+        raise SampleError(f"{_where(raw)}: {key!r} must be a {dims}-D numeric array, got {arr.dtype} {arr.shape}")
     return arr.astype(np.float64)
 
 
@@ -125,12 +127,7 @@ def image_to_float(image: torch.Tensor) -> torch.Tensor:
 def _decode_generic(raw: Mapping[str, Any], key: str) -> torch.Tensor:
     """``<name>.npy`` as stored, or ``<name>.png`` scaled to [0, 1]; always ``[C, H, W]`` float32."""
     if key.endswith(".npy"):
-        try:
-            arr = np.load(io.BytesIO(raw[key]), allow_pickle=False)
-        except Exception as exc:
-            raise SampleError(f"{_where(raw)}: cannot decode {key!r}: {exc}") from exc
-        if arr.ndim not in (2, 3) or not np.issubdtype(arr.dtype, np.number):
-            raise SampleError(f"{_where(raw)}: {key!r} must be a numeric [H, W] or [H, W, C] array, got {arr.dtype} {arr.shape}")
+        arr = _load_npy(raw, key, ndim=(2, 3))  # [H, W] or [H, W, C]
     else:
         img = _open(raw, key)
         arr = np.asarray(img)
