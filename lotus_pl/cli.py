@@ -59,7 +59,7 @@ def newest_checkpoint(run_dir: str) -> str | None:
     return str(max(candidates, key=lambda p: p.stat().st_mtime)) if candidates else None
 
 
-def data_main(args: list[str]) -> None:
+def data_main(args: list[str]) -> int | None:
     """``lotus_pl data <source>``: build shards and manifests; ``lotus_pl data verify <manifest>``: check them."""
     from jsonargparse import CLI
 
@@ -70,9 +70,7 @@ def data_main(args: list[str]) -> None:
     if args and args[0] == "verify":
         from lotus_pl.data.manifest import verify_main
 
-        if status := verify_main(args[1:]):
-            sys.exit(status)
-        return
+        return verify_main(args[1:])  # main() exits with it
     from lotus_pl.data.hypersim import make_hypersim
     from lotus_pl.data.vkitti import make_vkitti
 
