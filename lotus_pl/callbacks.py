@@ -91,19 +91,24 @@ def evaluate(pl_module: LightningModule, dataloader, predict) -> dict[str, float
 class LearningReport(Callback):
     """Score untrained, mean-target and trained models on the validation set; print and save them.
 
+    The same three are scored on every held-out set of the DataModule's ``zero_shot`` (saved under
+    ``"zero_shot"``: name -> row -> metrics), so a run says how it transfers beyond its training domain.
+
     Args:
         mean_target_batches: training batches averaged into the mean-target baseline.
     """
 
     def __init__(self, mean_target_batches: int = 50) -> None:
         self.mean_target_batches = mean_target_batches
-        self.baselines: dict[str, dict[str, float]] = {}
+        self.baselines: dict[str, dict[str, dict[str, float]]] = {}  # row -> evaluation set -> metrics
 
     def state_dict(self) -> dict[str, Any]:
         return {"baselines": self.baselines}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.baselines = state_dict["baselines"]
+        # checkpoints written before zero-shot sets existed hold row -> metrics (the validation set's)
+        self.baselines = {row: scores if "val" in scores else {"val": scores}
+                          for row, scores in state_dict["baselines"].items()}
 
     def _mean_targets(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, torch.Tensor]:
         """Each task's annotation image averaged over the first training batches."""
@@ -119,12 +124,23 @@ class LearningReport(Callback):
             count += batch["image"].shape[0]
         return {name: total / count for name, total in totals.items()}
 
+    @staticmethod
+    def _eval_sets(trainer: Trainer) -> dict[str, Any]:
+        """``"val"`` and each zero-shot set's loader factory (loaders are made when scored)."""
+        datamodule = trainer.datamodule
+        sets = {"val": datamodule.val_dataloader}
+        for name in getattr(datamodule, "zero_shot", {}):
+            sets[f"zero_shot/{name}"] = lambda name=name: datamodule.zero_shot_dataloaders()[name]
+        return sets
+
+    def _score(self, trainer: Trainer, pl_module: LightningModule, predict) -> dict[str, dict[str, float]]:
+        return {key: evaluate(pl_module, loader(), predict) for key, loader in self._eval_sets(trainer).items()}
+
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.baselines:  # resumed run: the baselines were measured before the interruption
             return
         pl_module.eval()
-        val = trainer.datamodule.val_dataloader()
-        self.baselines["untrained"] = evaluate(pl_module, val, lambda b: pl_module.predict_all(b["image"]))
+        self.baselines["untrained"] = self._score(trainer, pl_module, lambda b: pl_module.predict_all(b["image"]))
         means = self._mean_targets(trainer, pl_module)
 
         def predict_mean(batch):
@@ -135,7 +151,7 @@ class LearningReport(Callback):
                 out[task.name] = task.resize_for(decoded, tuple(image.shape[-2:]))
             return out
 
-        self.baselines["mean_target"] = evaluate(pl_module, val, predict_mean)
+        self.baselines["mean_target"] = self._score(trainer, pl_module, predict_mean)
         pl_module.train()
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -147,10 +163,15 @@ class LearningReport(Callback):
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         pl_module.eval()
-        results = dict(self.baselines)
+        scores = {row: dict(by_set) for row, by_set in self.baselines.items()}
+        scores["trained"] = self._score(trainer, pl_module, lambda b: pl_module.predict_all(b["image"]))
+        results: dict[str, Any] = {row: by_set["val"] for row, by_set in scores.items()}
         if getattr(self, "raw", None) is not None:
             results["trained_raw_weights"] = self.raw
-        results["trained"] = evaluate(pl_module, trainer.datamodule.val_dataloader(), lambda b: pl_module.predict_all(b["image"]))
+        zero_shot = {key.split("/", 1)[1] for by_set in scores.values() for key in by_set if key != "val"}
+        if zero_shot:
+            results["zero_shot"] = {name: {row: by_set[f"zero_shot/{name}"] for row, by_set in scores.items()
+                                           if f"zero_shot/{name}" in by_set} for name in sorted(zero_shot)}
         results["global_step"] = trainer.global_step
         out = Path(trainer.log_dir or trainer.default_root_dir) / "learning_report.json"  # a collective: all ranks
         self._report(pl_module, results, out)
@@ -174,6 +195,10 @@ class LearningReport(Callback):
                     f"  trained / mean_target = {trained / max(own['mean_target'][name], 1e-12):.3f}   "
                     f"trained / untrained = {trained / max(own['untrained'][name], 1e-12):.3f}"
                 )
+        for name, rows in results.get("zero_shot", {}).items():
+            lines.append(f"Zero-shot on {name}:")
+            for row, metrics in rows.items():
+                lines.append(f"  {row:<19} " + "  ".join(f"{k}={v:.4f}" for k, v in metrics.items() if "/" not in k))
         rank_zero_info("\n".join(lines))
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps({**results, "headline": headlines}, indent=2))  # sweeps tabulate these

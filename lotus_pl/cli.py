@@ -10,7 +10,9 @@ benchmarks); ``lotus_pl eval-suite ...`` evaluates a model on every benchmark of
 (:mod:`lotus_pl.evaluation.suite`); ``lotus_pl sweep ...`` expands, runs and
 collects ablation sweeps (:mod:`lotus_pl.sweep`); ``lotus_pl reconstruct ...`` turns predicted depth
 into point clouds and meshes (:mod:`lotus_pl.reconstruct`); ``lotus_pl export ...`` writes a trained
-model as a diffusers folder in the layout of the Lotus releases (:mod:`lotus_pl.export`).
+model as a diffusers folder in the layout of the Lotus releases (:mod:`lotus_pl.export`);
+``lotus_pl prior fit ...`` pretrains a small generative prior and exports it as a Stable Diffusion
+folder (:mod:`lotus_pl.prior`).
 """
 
 from __future__ import annotations
@@ -28,9 +30,12 @@ class LotusCLI(LightningCLI):
     """LightningCLI with lotus_pl's defaults: the resolved config is saved into the run directory
     (and overwritten on reruns into the same directory, e.g. when resuming)."""
 
+    #: The LightningModule the configs describe (``lotus_pl prior`` trains an ``ImagePrior``).
+    model_class: type = LotusModel
+
     def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
         super().__init__(
-            LotusModel,
+            self.model_class,
             DenseDataModule,
             save_config_kwargs={"overwrite": True},
             auto_configure_optimizers=False,
@@ -96,6 +101,7 @@ SUBCOMMANDS = {
     "sweep": ("lotus_pl.sweep", "sweep_main"),
     "reconstruct": ("lotus_pl.reconstruct", "reconstruct_main"),
     "export": ("lotus_pl.export", "export_main"),
+    "prior": ("lotus_pl.prior.cli", "prior_main"),
 }
 
 

@@ -166,7 +166,8 @@ class PretrainedStableDiffusion(DenoiserFactory):
         self.unet_subfolder = unet_subfolder
         _require_folder(self.path, [f"{unet_subfolder}/config.json", "text_encoder/config.json", "tokenizer"],
                         "Stable Diffusion folder", "Point the config at a local copy of stabilityai/stable-diffusion-2 "
-                        "(base); nothing is downloaded at run time.")
+                        "(base), or at an embedded prior written by `lotus_pl prior fit --config "
+                        "experiments/prior/embedded.yaml`; nothing is downloaded at run time.")
 
     def build(self, in_channels: int, out_channels: int, class_embedding_dim: int) -> UNet2DConditionModel:
         pretrained = UNet2DConditionModel.from_pretrained(self.path, subfolder=self.unet_subfolder, local_files_only=True)

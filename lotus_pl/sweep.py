@@ -237,8 +237,12 @@ def _run_result(run: dict[str, Any]) -> dict[str, Any]:
         data = json.loads(report.read_text())
         # the task's headline metric (lower is better); reports written before it was recorded: depth or normals
         headline = data.get("headline") or [next(k for k in ("abs_rel", "mean") if k in data["trained"])]
+        zero_shot = {f"zero_shot/{name}/{metric}" if kind == "trained" else f"zero_shot/{name}/baseline_{kind}_{metric}": value
+                     for name, rows in (data.get("zero_shot") or {}).items() for kind, metrics in rows.items()
+                     for metric, value in metrics.items()}
         return {**row, "status": "finished", "step": data.get("global_step"), **data["trained"], "headline": ",".join(headline),
-                **{f"baseline_{k}": v.get(headline[0]) for k, v in data.items() if k in ("untrained", "mean_target")}}
+                **{f"baseline_{k}": v.get(headline[0]) for k, v in data.items() if k in ("untrained", "mean_target")},
+                **zero_shot}
     step = None
     last = run_dir / "checkpoints" / "last.ckpt"
     if last.is_file():
@@ -271,7 +275,8 @@ def collect(sweep_dir: str | Path, metrics: list[str] | None = None) -> dict[str
     override_keys = list(names.values())
     headlines = [h for r in rows for h in str(r.get("headline") or "").split(",") if h]  # any task's, first
     known = ("abs_rel", "delta1", "mean", "a11_25", "edge_f1", "edge_accuracy", "edge_completeness")
-    metric_keys = metrics or [k for k in dict.fromkeys([*headlines, *known]) if any(k in r for r in rows)]
+    zero_shot = [k for r in rows for k in r if k.startswith("zero_shot/") and k.rsplit("/", 1)[1] in (*headlines, "delta1")]
+    metric_keys = metrics or [k for k in dict.fromkeys([*headlines, *known, *zero_shot]) if any(k in r for r in rows)]
 
     groups: dict[str, list[dict[str, Any]]] = {}
     for row in rows:

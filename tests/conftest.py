@@ -45,3 +45,16 @@ def tiny_sd(tmp_path_factory) -> Path:
     DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012).save_pretrained(folder / "scheduler")
     write_tiny_clip(folder, hidden=16)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_prior(tmp_path_factory) -> Path:
+    """A tiny pretrained prior as ``lotus_pl prior`` exports it (SD layout over SpaceToDepth(4) latents)."""
+    from lotus_pl.codecs import SpaceToDepth
+    from lotus_pl.denoisers import SmallUNet
+    from lotus_pl.parameterizations import Epsilon
+    from lotus_pl.prior import ImagePrior, TinyTextEncoder, export_prior
+    from lotus_pl.schedules import MultiStep
+
+    prior = ImagePrior(SmallUNet(**TINY_UNET), SpaceToDepth(4), TinyTextEncoder(hidden=16), Epsilon(), MultiStep(5), sample_grid=0)
+    return export_prior(prior, tmp_path_factory.mktemp("tiny_prior") / "prior")

@@ -24,8 +24,9 @@ CONFIGS = sorted(p.relative_to(ROOT).as_posix() for p in EXPERIMENTS.glob("*.yam
 VARIANTS = sorted(p.relative_to(ROOT).as_posix() for p in (EXPERIMENTS / "variants").glob("*.yaml"))
 
 
-def tiny_overrides(configs: list[str], tiny_dataset: dict, tiny_sd: Path, run_dir: Path) -> list[str]:
-    """Shrink any shipped config to seconds on a CPU: tiny data, tiny model, two steps."""
+def tiny_overrides(configs: list[str], tiny_dataset: dict, tiny_sd: Path, run_dir: Path, tiny_prior: Path | None = None) -> list[str]:
+    """Shrink any shipped config to seconds on a CPU: tiny data, tiny model, two steps (a pretrained
+    denoiser over the lossless codec loads the tiny embedded prior, one over the SD VAE the tiny SD folder)."""
     args = []
     for c in configs:
         args += ["--config", str(ROOT / c)]
@@ -41,7 +42,11 @@ def tiny_overrides(configs: list[str], tiny_dataset: dict, tiny_sd: Path, run_di
     ]
     denoisers = [(yaml.safe_load((ROOT / c).read_text()).get("model") or {}).get("denoiser") for c in configs]
     denoiser = [d for d in denoisers if d][-1]["class_path"]  # the last config that sets it
-    if denoiser.endswith("PretrainedStableDiffusion"):
+    codecs = [(yaml.safe_load((ROOT / c).read_text()).get("model") or {}).get("codec") for c in configs]
+    codec = [c for c in codecs if c][-1]["class_path"] if any(codecs) else ""
+    if denoiser.endswith("PretrainedStableDiffusion") and codec.endswith("SpaceToDepth"):
+        args += [f"--model.denoiser.path={tiny_prior}"]
+    elif denoiser.endswith("PretrainedStableDiffusion"):
         args += [f"--model.denoiser.path={tiny_sd}", f"--model.codec.path={tiny_sd}",
                  f"--model.noise_schedule.pretrained_path={tiny_sd}", "--model.processing_resolution=32"]
     elif denoiser.endswith("TimmRegressor"):
@@ -64,8 +69,8 @@ def last_step(run_dir: Path) -> int:
 
 
 @pytest.mark.parametrize("configs", [[c] for c in CONFIGS] + [["experiments/quickstart.yaml", v] for v in VARIANTS], ids=str)
-def test_every_shipped_config_trains_a_few_steps(configs, tiny_dataset, tiny_sd, tmp_path):
-    args = tiny_overrides(configs, tiny_dataset, tiny_sd, tmp_path)
+def test_every_shipped_config_trains_a_few_steps(configs, tiny_dataset, tiny_sd, tiny_prior, tmp_path):
+    args = tiny_overrides(configs, tiny_dataset, tiny_sd, tmp_path, tiny_prior)
     main(["fit", *args, *checkpoint_every(1)])
     assert last_step(tmp_path) == 2
     assert (tmp_path / "config.yaml").is_file()  # the resolved config is saved with the run

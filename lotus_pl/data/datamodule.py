@@ -45,6 +45,7 @@ import webdataset as wds
 from lightning import LightningDataModule
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from lotus_pl.data.domains import SceneDomain
 from lotus_pl.data.manifest import Manifest, iter_tar, split_member_name
 from lotus_pl.data.predict_inputs import PredictInputs, list_inputs, plan_inputs
 from lotus_pl.data.samples import SampleError, decode_sample, image_to_float
@@ -356,12 +357,14 @@ class SyntheticScenes:
         seed: scene seed (train and val never share scenes).
         samples_per_shard: shard size.
         workers: rendering processes.
+        domain: which scenes (:mod:`lotus_pl.data.domains`; the quickstart's ``Rooms`` by default).
     """
 
     def __init__(self, out: str = "data/synthetic", num_train: int = 1500, num_val: int = 100, size: int = 128,
-                 seed: int = 0, samples_per_shard: int = 250, workers: int = 2) -> None:
+                 seed: int = 0, samples_per_shard: int = 250, workers: int = 2, domain: SceneDomain | None = None) -> None:
         self.out, self.num_train, self.num_val, self.size = out, num_train, num_val, size
         self.seed, self.samples_per_shard, self.workers = seed, samples_per_shard, workers
+        self.domain = domain
 
     def ensure(self, manifest: str, split: str) -> None:
         if Path(manifest).is_file():
@@ -370,7 +373,7 @@ class SyntheticScenes:
 
         num = self.num_train if split == "train" else self.num_val
         write_synthetic_split(self.out, manifest, split, num, size=self.size, seed=self.seed,
-                              samples_per_shard=self.samples_per_shard, workers=self.workers)
+                              samples_per_shard=self.samples_per_shard, workers=self.workers, domain=self.domain)
 
 
 class DenseDataModule(LightningDataModule):
@@ -394,6 +397,10 @@ class DenseDataModule(LightningDataModule):
         verify_shards: check every shard's sha256 and sample count against its manifest before
             reading (one extra pass over the data); a mismatching shard follows ``on_bad_sample``.
         synthetic: render the procedural scenes into missing manifests (the embedded default).
+        zero_shot: held-out evaluation sets, name -> manifest (for example scene domains that
+            training never sees); ``LearningReport`` scores the model on each.
+        zero_shot_synthetic: name -> the renderer of a missing ``zero_shot`` manifest (its
+            validation split).
         predict_input: a file, folder or glob of images and videos for ``lotus_pl predict``
             (:mod:`lotus_pl.data.predict_inputs`).
         predict_batch_size: images (or consecutive video frames) per predict batch; images are
@@ -418,6 +425,8 @@ class DenseDataModule(LightningDataModule):
         on_bad_sample: Literal["raise", "skip"] = "raise",
         verify_shards: bool = False,
         synthetic: SyntheticScenes | None = None,
+        zero_shot: dict[str, str] | None = None,
+        zero_shot_synthetic: dict[str, SyntheticScenes] | None = None,
         predict_input: str | None = None,
         predict_batch_size: int = 1,
         video_stride: int = 1,
@@ -432,10 +441,17 @@ class DenseDataModule(LightningDataModule):
         self.bad_data = BadData(on_bad_sample)
         self.verify_shards = verify_shards
         self.synthetic = synthetic
+        self.zero_shot = dict(zero_shot or {})
+        self.zero_shot_synthetic = dict(zero_shot_synthetic or {})
+        unknown = sorted(set(self.zero_shot_synthetic) - set(self.zero_shot))
+        if unknown:
+            raise ValueError(f"data.zero_shot_synthetic names {unknown}, which data.zero_shot does not list")
         self.predict_input, self.predict_batch_size = predict_input, predict_batch_size
         self.video_stride, self.max_frames = video_stride, max_frames
 
     def prepare_data(self) -> None:
+        for name, renderer in self.zero_shot_synthetic.items():
+            renderer.ensure(self.zero_shot[name], "val")
         if self.synthetic is None:
             return
         train = self.train_manifest if isinstance(self.train_manifest, list) else [self.train_manifest]
@@ -528,6 +544,10 @@ class DenseDataModule(LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader(self.val_manifest, "val")
+
+    def zero_shot_dataloaders(self) -> dict[str, DataLoader]:
+        """One evaluation loader per held-out set of ``zero_shot``."""
+        return {name: self._eval_loader(manifest, f"zero-shot {name}") for name, manifest in self.zero_shot.items()}
 
     def test_dataloader(self) -> DataLoader:
         return self._eval_loader(self.test_manifest or self.val_manifest, "test")

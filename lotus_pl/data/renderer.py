@@ -41,7 +41,11 @@ class Texture:
     """Reflectance pattern evaluated on 2-D surface coordinates in metres.
 
     ``kind`` is ``"solid"`` (``color_a`` only), ``"checker"`` (tiles of side
-    ``scale``) or ``"stripes"`` (bands of width ``scale`` at ``angle`` radians).
+    ``scale``), ``"stripes"`` (bands of width ``scale`` at ``angle`` radians),
+    ``"rings"`` (concentric bands of width ``scale`` around the surface origin),
+    ``"dots"`` (discs of ``color_b`` on a grid of pitch ``scale``) or ``"blocks"``
+    (tiles of side ``scale``, each ``color_a`` or ``color_b`` by a fixed hash of
+    its index: irregular, but the same on every render).
     """
 
     kind: str = "solid"
@@ -61,6 +65,14 @@ class Texture:
         elif self.kind == "stripes":
             coord = s * math.cos(self.angle) + t * math.sin(self.angle)
             parity = np.floor(coord / self.scale) % 2
+        elif self.kind == "rings":
+            parity = np.floor(np.hypot(s, t) / self.scale) % 2
+        elif self.kind == "dots":
+            fs, ft = s / self.scale - np.floor(s / self.scale) - 0.5, t / self.scale - np.floor(t / self.scale) - 0.5
+            parity = (fs * fs + ft * ft < 0.09).astype(np.float64)
+        elif self.kind == "blocks":
+            i, j = np.floor(s / self.scale), np.floor(t / self.scale)
+            parity = (np.sin(i * 12.9898 + j * 78.233) * 43758.5453) % 1.0
         else:
             raise ValueError(f"unknown texture kind {self.kind!r}")
         return np.where(parity[:, None] > 0.5, b, a).astype(np.float32)
@@ -104,13 +116,18 @@ class Light:
     direction: tuple[float, float, float] = (0.3, 1.0, 0.5)
     intensity: float = 0.8
     ambient: float = 0.3
+    color: tuple[float, float, float] = (1.0, 1.0, 1.0)
 
 
 @dataclass
 class Scene:
+    """Primitives lit by ``light`` (whose ``ambient`` is the scene's ambient term) and by
+    ``fill_lights`` (their own ``ambient`` is ignored); ``background`` is what rays that miss see."""
+
     primitives: list[Primitive]
     light: Light = field(default_factory=Light)
     background: tuple[float, float, float] = (0.55, 0.7, 0.9)
+    fill_lights: list[Light] = field(default_factory=list)
 
 
 @dataclass
@@ -300,22 +317,24 @@ def render(scene: Scene, camera: Camera, height: int, width: int) -> RenderedVie
     facing = np.einsum("ij,ij->i", normal_w, d_world) > 0
     normal_w[facing] *= -1.0
 
-    # Lambertian shading with hard shadows from the shadow-casting primitives.
-    light = scene.light
-    ldir = np.asarray(light.direction, dtype=np.float64)
-    ldir = ldir / np.linalg.norm(ldir)
-    ndotl = np.clip(normal_w @ ldir, 0.0, None)
-    lit = valid & (ndotl > 0)
-    lit_idx = np.nonzero(lit)[0]
-    if lit_idx.size:
-        p = origin + depth[lit_idx, None] * d_world[lit_idx] + _SHADOW_OFFSET * normal_w[lit_idx]
-        blocked = np.zeros(lit_idx.size, dtype=bool)
-        for prim in scene.primitives:
-            if prim.casts_shadow:
-                blocked |= np.isfinite(_intersect(prim, p, ldir))
-        lit[lit_idx[blocked]] = False
-    shading = light.ambient + light.intensity * ndotl * lit
-    color = albedo * shading[:, None].astype(np.float32)
+    # Lambertian shading with hard shadows from the shadow-casting primitives, summed over the
+    # lights; each light's colour tints its own contribution.
+    shading = np.full((n_pix, 3), scene.light.ambient)
+    for light in [scene.light, *scene.fill_lights]:
+        ldir = np.asarray(light.direction, dtype=np.float64)
+        ldir = ldir / np.linalg.norm(ldir)
+        ndotl = np.clip(normal_w @ ldir, 0.0, None)
+        lit = valid & (ndotl > 0)
+        lit_idx = np.nonzero(lit)[0]
+        if lit_idx.size:
+            p = origin + depth[lit_idx, None] * d_world[lit_idx] + _SHADOW_OFFSET * normal_w[lit_idx]
+            blocked = np.zeros(lit_idx.size, dtype=bool)
+            for prim in scene.primitives:
+                if prim.casts_shadow:
+                    blocked |= np.isfinite(_intersect(prim, p, ldir))
+            lit[lit_idx[blocked]] = False
+        shading += (light.intensity * ndotl * lit)[:, None] * np.asarray(light.color, dtype=np.float64)
+    color = albedo * shading.astype(np.float32)
     color[~valid] = np.asarray(scene.background, dtype=np.float32)
     rgb = np.clip(np.round(color * 255.0), 0, 255).astype(np.uint8)
 

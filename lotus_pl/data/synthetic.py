@@ -17,10 +17,12 @@ import time
 import zlib
 from pathlib import Path
 
+import numpy as np
 import webdataset as wds
 
+from lotus_pl.data.domains import Rooms, SceneDomain
 from lotus_pl.data.manifest import Manifest, ShardEntry, sha256_file
-from lotus_pl.data.renderer import render_random
+from lotus_pl.data.renderer import render
 from lotus_pl.data.samples import encode_depth_png, encode_normal_png, encode_rgb_png
 
 DEPTH_SCALE = 1000.0  # uint16 depth = millimetres
@@ -34,9 +36,12 @@ def sample_seed(seed: int, split: str, index: int) -> list[int]:
     return [int(seed), zlib.crc32(split.encode("utf-8")), int(index)]
 
 
-def render_sample(seed: int, split: str, index: int, size: int) -> dict[str, bytes | str]:
-    """One encoded WebDataset sample (``__key__`` plus the SAMPLE_KEYS fields)."""
-    view = render_random(sample_seed(seed, split, index), size, size)
+def render_sample(seed: int, split: str, index: int, size: int, domain: SceneDomain | None = None) -> dict[str, bytes | str]:
+    """One encoded WebDataset sample (``__key__`` plus the SAMPLE_KEYS fields) of ``domain``
+    (:class:`~lotus_pl.data.domains.Rooms`, the quickstart's scenes, by default)."""
+    domain = domain or Rooms()
+    scene, camera = domain.sample(np.random.default_rng(domain.entropy(sample_seed(seed, split, index))))
+    view = render(scene, camera, size, size)
     meta = {
         "fx": view.fx,
         "fy": view.fy,
@@ -46,6 +51,7 @@ def render_sample(seed: int, split: str, index: int, size: int) -> dict[str, byt
         "height": size,
         "width": size,
         "source": "synthetic",
+        "domain": domain.name,
         "split": split,
         "seed": int(seed),
         "index": int(index),
@@ -60,14 +66,14 @@ def render_sample(seed: int, split: str, index: int, size: int) -> dict[str, byt
     }
 
 
-def _write_shard(job: tuple[str, str, int, int, int, int]) -> tuple[str, int, str]:
+def _write_shard(job: tuple[str, str, int, int, int, int, SceneDomain]) -> tuple[str, int, str]:
     """Render samples [start, stop) into one tar shard; returns (path, count, sha256)."""
-    path, split, seed, start, stop, size = job
+    path, split, seed, start, stop, size, domain = job
     tmp = path + ".tmp"
     with open(tmp, "wb") as f:
         with wds.TarWriter(f, mtime=_MTIME, encoder=False) as sink:
             for index in range(start, stop):
-                sink.write(render_sample(seed, split, index, size))
+                sink.write(render_sample(seed, split, index, size, domain))
     os.replace(tmp, path)
     return path, stop - start, sha256_file(path)
 
@@ -81,8 +87,10 @@ def write_synthetic_split(
     seed: int = 0,
     samples_per_shard: int = 250,
     workers: int = 2,
+    domain: SceneDomain | None = None,
 ) -> Manifest:
-    """Render ``num_samples`` scenes of ``split`` into ``{split}-{k:06d}.tar`` shards.
+    """Render ``num_samples`` scenes of ``split`` of ``domain`` (default :class:`Rooms`) into
+    ``{split}-{k:06d}.tar`` shards.
 
     Shards are rendered in ``workers`` processes (one task per shard; 0 or 1 =
     in this process). Returns the manifest, also saved to ``manifest_path``
@@ -98,8 +106,9 @@ def write_synthetic_split(
     manifest_dir = manifest_path.resolve().parent
     manifest_dir.mkdir(parents=True, exist_ok=True)
 
+    domain = domain or Rooms()
     jobs = [
-        (str(out / f"{split}-{k:06d}.tar"), split, seed, start, min(start + samples_per_shard, num_samples), size)
+        (str(out / f"{split}-{k:06d}.tar"), split, seed, start, min(start + samples_per_shard, num_samples), size, domain)
         for k, start in enumerate(range(0, num_samples, samples_per_shard))
     ]
     if workers <= 1 or len(jobs) == 1:
@@ -110,7 +119,7 @@ def write_synthetic_split(
             results = pool.map(_write_shard, jobs, chunksize=1)
 
     manifest = Manifest(
-        name=f"synthetic_{split}",
+        name=f"synthetic_{split}" if isinstance(domain, Rooms) else f"synthetic_{domain.name}_{split}",
         shards=[
             ShardEntry(os.path.relpath(path, manifest_dir), count, digest)
             for path, count, digest in results
@@ -121,7 +130,7 @@ def write_synthetic_split(
         licence=LICENCE,
         created_by=(
             f"lotus_pl.data.synthetic.write_synthetic_split(split={split!r}, num_samples={num_samples}, "
-            f"size={size}, seed={seed}, samples_per_shard={samples_per_shard})"
+            f"size={size}, seed={seed}, samples_per_shard={samples_per_shard}, domain={domain!r})"
         ),
         intrinsics=None,  # per-sample fx, fy, cx, cy in each json
     )
@@ -138,12 +147,14 @@ def make_synthetic(
     seed: int = 0,
     samples_per_shard: int = 250,
     workers: int = 2,
+    domain: SceneDomain | None = None,
+    name: str = "synthetic",
 ) -> list[str]:
     """Generate the embedded synthetic dataset (train and val splits) with manifests.
 
-    Renders rooms with boxes and spheres with exact depth, normals and albedo,
-    writes WebDataset shards under ``out`` and the manifests
-    ``<manifest_dir>/synthetic_train.yaml`` and ``synthetic_val.yaml``.
+    Renders scenes of ``domain`` (by default the quickstart's rooms with boxes and spheres) with
+    exact depth, normals and albedo, writes WebDataset shards under ``out`` and the manifests
+    ``<manifest_dir>/<name>_train.yaml`` and ``<name>_val.yaml``.
 
     Args:
         out: folder for the tar shards.
@@ -154,6 +165,8 @@ def make_synthetic(
         seed: base seed; the same seed always gives the same bytes.
         samples_per_shard: samples per tar shard.
         workers: rendering processes.
+        domain: which scenes (:mod:`lotus_pl.data.domains`, e.g. ``lotus_pl.data.domains.Outdoor``).
+        name: manifest file prefix.
 
     Returns:
         The paths of the written manifests.
@@ -163,10 +176,10 @@ def make_synthetic(
         if count <= 0:
             continue
         start = time.perf_counter()
-        manifest_path = str(Path(manifest_dir) / f"synthetic_{split}.yaml")
+        manifest_path = str(Path(manifest_dir) / f"{name}_{split}.yaml")
         manifest = write_synthetic_split(
             out, manifest_path, split, count, size=size, seed=seed,
-            samples_per_shard=samples_per_shard, workers=workers,
+            samples_per_shard=samples_per_shard, workers=workers, domain=domain,
         )
         print(
             f"synthetic {split}: {manifest.num_samples} samples, {len(manifest.shards)} shards, "
