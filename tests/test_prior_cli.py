@@ -25,7 +25,7 @@ def _prior_args(tiny_dataset: dict, run: Path, export: Path) -> list[str]:
                        "init_args": {"save_dir": str(run), "name": "", "version": ""}},
             "callbacks": [
                 {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"save_last": True, "every_n_train_steps": 2}},
-                {"class_path": "lightning.pytorch.callbacks.EMAWeightAveraging", "init_args": {"decay": 0.5}},
+                {"class_path": "lightning.pytorch.callbacks.EMAWeightAveraging", "init_args": {"decay": 0.5, "use_buffers": False}},
                 {"class_path": "lotus_pl.prior.PriorExport", "init_args": {"out": str(export), "samples": 4, "sample_steps": 2}},
             ],
         },
