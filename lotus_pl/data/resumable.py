@@ -191,6 +191,7 @@ class ResumableBatches(IterableDataset):
         self.sources, self.make_batch, self.batch_size, self.hflip = sources, make_batch, batch_size, hflip
         self.probabilities = [p / sum(probabilities) for p in probabilities]
         self.seed, self.rank, self.world_size, self.origin = seed, rank, world_size, origin
+        self._known: StreamPosition | None = None  # the last position_after
 
     def source_of(self, slot: int) -> int:
         if len(self.sources) == 1:
@@ -206,11 +207,17 @@ class ResumableBatches(IterableDataset):
             positions[source] += self.batch_size
 
     def position_after(self, consumed: int) -> StreamPosition:
-        """The stream position once ``consumed`` slots past the origin have been trained on."""
-        positions = list(self.origin.positions)
-        for slot in range(self.origin.slot, self.origin.slot + consumed):
+        """The stream position once ``consumed`` slots past the origin have been trained on
+        (replayed from the last position asked for, so that checkpoints every few steps stay cheap)."""
+        target = self.origin.slot + consumed
+        known = self._known
+        if known is None or known.slot > target:
+            known = self.origin
+        positions = list(known.positions)
+        for slot in range(known.slot, target):
             positions[self.source_of(slot)] += self.batch_size
-        return StreamPosition(self.origin.slot + consumed, positions)
+        self._known = StreamPosition(target, positions)
+        return StreamPosition(target, list(positions))
 
     def flip(self, source: int, position: int) -> bool:
         return bool(self.hflip) and random.Random(f"flip-{self.sources[source].seed}-{position}").random() < self.hflip
