@@ -163,14 +163,18 @@ def test_slurm_ddp_fit_requeues_and_resumes(tmp_path, tiny_dataset):
 
     last = run_dir / "checkpoints" / "last.ckpt"
     procs = launch(100000)
-    deadline = time.time() + 300
-    while time.time() < deadline and not (last.exists() and step_of(last) >= 4):
+    deadline = time.time() + 900  # start-up can take minutes on a loaded machine
+    while not (last.exists() and step_of(last) >= 4):
         assert all(p.poll() is None for p in procs), (tmp_path / "rank0_100000.log").read_text()[-3000:]
+        if time.time() > deadline:
+            for p in procs:
+                p.kill()
+            pytest.fail("no step 4 within 900 s:\n" + (tmp_path / "rank0_100000.log").read_text()[-3000:])
         time.sleep(0.5)
     for p in procs:  # SLURM signals every task before the time limit
         p.send_signal(signal.SIGUSR1)
     try:  # lotus_pl.requeue.Requeue: the ranks agree at the next step, save, requeue once and exit
-        codes = [p.wait(timeout=120) for p in procs]
+        codes = [p.wait(timeout=300) for p in procs]
     finally:
         for p in procs:
             p.kill()
@@ -183,7 +187,7 @@ def test_slurm_ddp_fit_requeues_and_resumes(tmp_path, tiny_dataset):
     assert step_of(last) < interrupted_at  # the requeue checkpoint is the newest: `resume` takes it
 
     procs = launch(interrupted_at + 3)
-    codes = [p.wait(timeout=180) for p in procs]
+    codes = [p.wait(timeout=900) for p in procs]
     assert codes == [0, 0], (tmp_path / f"rank0_{interrupted_at + 3}.log").read_text()[-3000:]
     assert step_of(last) == interrupted_at + 3
     assert "hpc_ckpt" in (tmp_path / f"rank0_{interrupted_at + 3}.log").read_text()  # restored from the requeue checkpoint
