@@ -73,9 +73,11 @@ class Requeue(Callback):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        environment = trainer._accelerator_connector.cluster_environment
-        if isinstance(environment, SLURMEnvironment):
-            environment.auto_requeue = False  # no save (a collective) inside Lightning's signal handler
+        connector = getattr(trainer, "_accelerator_connector", None)  # what Lightning's signal handling reads
+        for environment in (getattr(trainer.strategy, "cluster_environment", None),
+                            getattr(connector, "cluster_environment", None)):
+            if isinstance(environment, SLURMEnvironment):
+                environment.auto_requeue = False  # no save (a collective) inside Lightning's signal handler
         self._install()  # early, before restoring a checkpoint, which can take long
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
