@@ -120,7 +120,7 @@ def loader_rate(manifest: Path, workers: int, batch_size: int, batches: int) -> 
     """Samples per second of the training loader after two warm-up batches, and the CPU milliseconds
     per sample spent by its worker processes (by this process for ``workers = 0``)."""
     dm = DenseDataModule(train_manifest=str(manifest), batch_size=batch_size, num_workers=workers, hflip=0.5,
-                         shuffle_buffer=16, required=["rgb", "depth"])
+                         required=["rgb", "depth"])
     iterator = iter(dm.train_dataloader())
     for _ in range(2):
         next(iterator)

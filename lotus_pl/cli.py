@@ -24,6 +24,7 @@ from lightning.pytorch.cli import LightningCLI
 
 from lotus_pl.data.datamodule import DenseDataModule
 from lotus_pl.model import LotusModel
+from lotus_pl.requeue import Requeue
 
 
 class LotusCLI(LightningCLI):
@@ -43,6 +44,11 @@ class LotusCLI(LightningCLI):
             run=run,
         )
 
+    def add_arguments_to_parser(self, parser) -> None:
+        """Every run gets :class:`Requeue` (``--requeue.signal``, ``--requeue.command``): preemption
+        saves, requeues and exits between steps, never inside a signal handler."""
+        parser.add_lightning_class_args(Requeue, "requeue")
+
     def before_fit(self) -> None:
         """``--ckpt_path resume``: continue from the newest checkpoint of this run directory, if any
         (Lightning's ``hpc_ckpt_*`` after a SLURM requeue, or ``checkpoints/last.ckpt``); else start fresh.
@@ -60,8 +66,25 @@ class LotusCLI(LightningCLI):
 
 
 def newest_checkpoint(run_dir: str) -> str | None:
+    """The newest complete checkpoint of a run: ``hpc_ckpt_*`` (a requeue) or ``checkpoints/last*``.
+    A file cut short by a kill is passed over (a checkpoint is a zip archive, whose directory sits
+    at its very end, so a truncated one does not open)."""
     candidates = [*Path(run_dir).glob("hpc_ckpt_*.ckpt"), *Path(run_dir).glob("checkpoints/last*.ckpt")]
-    return str(max(candidates, key=lambda p: p.stat().st_mtime)) if candidates else None
+    for path in sorted(candidates, key=lambda p: p.stat().st_mtime, reverse=True):
+        if checkpoint_is_complete(path):
+            return str(path)
+    return None
+
+
+def checkpoint_is_complete(path: Path) -> bool:
+    """Whether a torch checkpoint file is whole: its zip directory reads and lists the pickled data."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith("data.pkl") for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
 
 
 def data_main(args: list[str]) -> int | None:

@@ -69,6 +69,7 @@ class ExportCLI(LotusCLI):
         return super().init_parser(**{"prog": "lotus_pl export", "description": __doc__.split("\n\n")[0], **kwargs})
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        super().add_arguments_to_parser(parser)  # a run's config.yaml has LotusCLI's sections too
         parser.add_argument("--ckpt_path", type=Optional[str], default=None,
                             help="the checkpoint to export; 'last' or 'resume': the newest of trainer.default_root_dir")
         parser.add_argument("--out", type=str, required=True, help="the folder to write")

@@ -17,6 +17,7 @@ task with it is Lotus's detail preserver exactly: switch 0 = annotation, 1 = RGB
 
 from __future__ import annotations
 
+import hashlib
 import math
 from typing import Any
 
@@ -212,8 +213,9 @@ class LotusModel(LightningModule):
         unet_image = image_latent.repeat(parts, 1, 1, 1) if parts > 1 else image_latent
         labels = self._switch(list(range(parts)), batch_size)
 
-        t = self.timesteps.training_timesteps(x0.shape[0], self.noise_schedule.num_train_timesteps, self.device)
-        noise = torch.randn_like(x0)
+        generator = self.training_generator(batch)
+        t = self.timesteps.training_timesteps(x0.shape[0], self.noise_schedule.num_train_timesteps, self.device, generator)
+        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         unet_input, target = self.formulation.training_pair(unet_image, x0, t, noise, self.noise_schedule, self.parameterization)
         if self.channels_last:
             unet_input = unet_input.contiguous(memory_format=torch.channels_last)
@@ -232,6 +234,16 @@ class LotusModel(LightningModule):
             loss = loss + reconstruction
         self.log("train/loss", loss, batch_size=batch_size)
         return loss
+
+    def training_generator(self, batch: dict[str, Any]) -> torch.Generator:
+        """The training noise's generator, seeded from the batch's slot (its place in the whole
+        job's stream, :mod:`lotus_pl.data.resumable`), so that a resumed run draws the noise an
+        uninterrupted one draws, whatever the global RNG went through. Batches without a slot
+        (a loop of your own) use the global step and rank instead."""
+        slot = batch.get("slot")
+        key = f"slot-{int(slot)}" if slot is not None else f"step-{self.global_step}-{self.global_rank}"
+        digest = hashlib.blake2b(f"noise-{self.seed}-{key}".encode(), digest_size=8).digest()
+        return torch.Generator(device=self.device).manual_seed(int.from_bytes(digest, "little"))
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(self.unet.parameters())

@@ -76,8 +76,9 @@ class TimestepSchedule(ABC):
     """Which timesteps training samples and which ones inference walks (descending)."""
 
     @abstractmethod
-    def training_timesteps(self, batch_size: int, num_train_timesteps: int, device: torch.device) -> Tensor:
-        """Timesteps for one training batch, ``[batch_size]`` long."""
+    def training_timesteps(self, batch_size: int, num_train_timesteps: int, device: torch.device,
+                           generator: torch.Generator | None = None) -> Tensor:
+        """Timesteps for one training batch, ``[batch_size]`` long, drawn with ``generator`` if random."""
 
     @abstractmethod
     def inference_timesteps(self, num_train_timesteps: int) -> list[int]:
@@ -96,7 +97,8 @@ class SingleStep(TimestepSchedule):
             raise ValueError(f"SingleStep timestep {t} outside [0, {num_train_timesteps})")
         return t
 
-    def training_timesteps(self, batch_size: int, num_train_timesteps: int, device: torch.device) -> Tensor:
+    def training_timesteps(self, batch_size: int, num_train_timesteps: int, device: torch.device,
+                           generator: torch.Generator | None = None) -> Tensor:
         return torch.full((batch_size,), self._t(num_train_timesteps), dtype=torch.long, device=device)
 
     def inference_timesteps(self, num_train_timesteps: int) -> list[int]:
@@ -129,11 +131,12 @@ class MultiStep(TimestepSchedule):
         scheduler.set_timesteps(k)
         return [int(t) for t in scheduler.timesteps]
 
-    def training_timesteps(self, batch_size: int, num_train_timesteps: int, device: torch.device) -> Tensor:
+    def training_timesteps(self, batch_size: int, num_train_timesteps: int, device: torch.device,
+                           generator: torch.Generator | None = None) -> Tensor:
         if self.num_training_timesteps is None:
-            return torch.randint(0, num_train_timesteps, (batch_size,), device=device)
+            return torch.randint(0, num_train_timesteps, (batch_size,), device=device, generator=generator)
         choices = torch.tensor(self._spaced(self.num_training_timesteps, num_train_timesteps), device=device)
-        return choices[torch.randint(0, len(choices), (batch_size,), device=device)]
+        return choices[torch.randint(0, len(choices), (batch_size,), device=device, generator=generator)]
 
     def inference_timesteps(self, num_train_timesteps: int) -> list[int]:
         return self._spaced(self.num_inference_steps, num_train_timesteps)

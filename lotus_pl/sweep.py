@@ -17,8 +17,8 @@ points, seeds, and SLURM resources::
 ``lotus_pl sweep expand spec.yaml`` writes, per point, ``<output_dir>/<NNN>_<label>/overrides.yaml``
 (a config composed after the bases, which also points the run directory there), plus
 ``sweep.json`` (the plan), ``sweep.sbatch`` (a SLURM array: one task per point, ``srun lotus_pl fit``
-under Lightning's SLURM support, SIGUSR1 before the time limit so Lightning checkpoints and
-requeues, and resume on restart) and ``run_local.sh``. SLURM and Lightning do the distribution;
+under Lightning's SLURM support, SIGUSR1 before the time limit so that :class:`lotus_pl.requeue.Requeue`
+checkpoints between steps and requeues, and an exact resume on restart) and ``run_local.sh``. SLURM and Lightning do the distribution;
 nothing here schedules. ``lotus_pl sweep run <dir>`` runs the points one process each on a
 workstation; ``lotus_pl sweep collect <dir>`` reads finished and unfinished runs into one table.
 """
@@ -169,7 +169,8 @@ def sbatch_script(spec: SweepSpec, runs: list[dict[str, Any]]) -> str:
         f"#SBATCH --gpus-per-node={s.gpus_per_node}",
         f"#SBATCH --cpus-per-task={s.cpus_per_task}",
         f"#SBATCH --time={s.time}",
-        # USR1 to every task before the time limit: Lightning saves hpc_ckpt_N.ckpt and requeues the job.
+        # USR1 to every task before the time limit: lotus_pl's Requeue saves hpc_ckpt_N.ckpt between steps,
+        # requeues the job once and exits (docs/fault_tolerance.md).
         f"#SBATCH --signal=SIGUSR1@{s.signal_seconds}",
         "#SBATCH --requeue",
         f"#SBATCH --output={Path(spec.output_dir) / 'slurm-%A_%a.out'}",

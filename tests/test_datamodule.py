@@ -1,6 +1,7 @@
-"""The DataModule over uneven shards: disjoint and complete shares per rank and worker, endless
-training with equal steps, determinism, whole-batch mixing, flips and masks, the bad-data policy,
-``pipe:`` URLs, and a two-process DDP fit whose ranks see disjoint samples."""
+"""The DataModule over uneven shards: training passes split disjointly and completely over ranks and
+workers, endless with equal steps, deterministic and continued from a saved position on another
+topology; evaluation shares; whole-batch mixing, flips and masks, the bad-data policy, ``pipe:``
+URLs, and a two-process DDP fit whose ranks see disjoint samples within a pass."""
 
 from __future__ import annotations
 
@@ -71,7 +72,7 @@ def keys_of(loader, batches: int | None = None) -> list[str]:
 
 
 def module(rank: int = 0, world: int = 1, **kwargs) -> DenseDataModule:
-    kwargs = {"batch_size": 2, "num_workers": 0, "shuffle_buffer": 8, "required": ["rgb", "depth"], **kwargs}
+    kwargs = {"batch_size": 2, "num_workers": 0, "required": ["rgb", "depth"], **kwargs}
     dm = DenseDataModule(**kwargs)
     dm._rank_world = lambda: (rank, world)  # what a trainer (or torch.distributed) would report
     return dm
@@ -107,28 +108,48 @@ def test_uneven_shards_are_balanced_by_sample_count():
 
 def test_training_ranks_and_workers_read_disjoint_samples_endlessly_and_deterministically(uneven):
     per_rank = []
-    for rank in range(2):  # no shuffle buffer, so that 15 batches surely cover every worker's share
-        dm = module(rank, 2, train_manifest=str(uneven), num_workers=2, shuffle_buffer=0)
-        per_rank.append(keys_of(dm.train_dataloader(), batches=15))  # 30 samples: 2.5 passes over a 12-sample share
+    for rank in range(2):  # a pass over 24 samples is 6 batches of 2 per rank
+        dm = module(rank, 2, train_manifest=str(uneven), num_workers=2)
+        per_rank.append(keys_of(dm.train_dataloader(), batches=15))  # 2.5 passes
     assert len(per_rank[0]) == len(per_rank[1]) == 30  # the stream never runs dry
-    assert not set(per_rank[0]) & set(per_rank[1])
-    assert set(per_rank[0]) | set(per_rank[1]) == all_keys("uneven", UNEVEN)
-    assert max(Counter(per_rank[0]).values()) >= 2  # looped over its share
+    for start in (0, 12):  # each pass: the ranks' samples are disjoint and cover the source once
+        passes = [keys[start:start + 12] for keys in per_rank]
+        assert sorted(passes[0] + passes[1]) == sorted(all_keys("uneven", UNEVEN))
+    assert per_rank[0][:12] != per_rank[0][12:24]  # every pass in a new order
     first = keys_of(module(0, 2, train_manifest=str(uneven), num_workers=2).train_dataloader(), batches=15)
-    again = keys_of(module(0, 2, train_manifest=str(uneven), num_workers=2).train_dataloader(), batches=15)
+    in_process = keys_of(module(0, 2, train_manifest=str(uneven), num_workers=0).train_dataloader(), batches=15)
     other_seed = keys_of(module(0, 2, train_manifest=str(uneven), num_workers=2, seed=1).train_dataloader(), batches=15)
-    assert again == first and other_seed != first and set(first) <= set(per_rank[0])
+    assert first == per_rank[0] == in_process and other_seed != first  # the worker count changes nothing
 
 
-def test_fewer_shards_than_readers_falls_back_to_disjoint_strides(tmp_path, caplog):
+def test_fewer_shards_than_readers_still_read_every_sample_once(tmp_path):
     manifest = write_source(tmp_path, "one", [7])
-    seen = []
-    with caplog.at_level(logging.WARNING):
-        for rank in range(2):
-            keys = keys_of(module(rank, 2, train_manifest=str(manifest), num_workers=2, batch_size=1).train_dataloader(), 8)
-            seen.append(set(keys))
-    assert not seen[0] & seen[1] and seen[0] | seen[1] == all_keys("one", [7])
-    assert "every 4-th sample" in caplog.text
+    train = [keys_of(module(rank, 2, train_manifest=str(manifest), num_workers=2, batch_size=1).train_dataloader(), 7)
+             for rank in range(2)]  # 14 batches of 1: two passes over 7 samples
+    assert sorted(train[0][:4] + train[1][:3]) == sorted(all_keys("one", [7]))  # slots 0..6: the first pass
+    evaluation = [keys_of(module(rank, 2, val_manifest=str(manifest), num_workers=2).val_dataloader()) for rank in range(2)]
+    assert not set(evaluation[0]) & set(evaluation[1]) and sorted(evaluation[0] + evaluation[1]) == sorted(all_keys("one", [7]))
+
+
+def test_training_stream_continues_from_a_saved_position_on_another_topology(uneven):
+    """The position saved at a step continues the same order on other ranks, workers and batch sizes."""
+    whole = keys_of(module(0, 1, train_manifest=str(uneven), batch_size=2).train_dataloader(), batches=30)  # 60 samples
+    dm = module(0, 1, train_manifest=str(uneven), batch_size=2)
+    dm.train_dataloader()
+    dm.trainer = type("T", (), {"global_step": 5, "accumulate_grad_batches": 1, "world_size": 1})()
+    state = dm.state_dict()
+    assert state["train_stream"] == {"slot": 5, "positions": [10], "step": 5, "seed": 0, "num_samples": [24]}
+    continued = []
+    for rank in range(2):  # 2 ranks x 3 workers, batches of 5: slot 5 + i*2 + rank
+        resumed = module(rank, 2, train_manifest=str(uneven), batch_size=5, num_workers=3)
+        resumed.load_state_dict(state)
+        continued.append([keys_of(resumed.train_dataloader(), batches=5)[i * 5:(i + 1) * 5] for i in range(5)])
+    interleaved = [k for i in range(5) for rank in range(2) for k in continued[rank][i]]
+    assert interleaved == whole[10:60]
+    changed = module(0, 1, train_manifest=str(uneven), seed=3)
+    changed.load_state_dict(state)
+    with pytest.raises(ValueError, match="data.seed was 0, is now 3"):
+        changed.train_dataloader()
 
 
 def test_evaluation_reads_every_sample_once_across_ranks(uneven):
@@ -296,8 +317,7 @@ def test_two_process_ddp_over_uneven_shards_has_equal_steps_and_disjoint_samples
                              strategy="ddp", devices=2)
     config["model"]["denoiser"]["init_args"].update(block_out_channels=[16, 32], cross_attention=[False, True],
                                                     cross_attention_dim=16)
-    config["data"] = {"train_manifest": str(uneven), "val_manifest": str(uneven), "batch_size": 2, "num_workers": 2,
-                      "shuffle_buffer": 0}  # no buffer: 10 batches surely cover each worker's share
+    config["data"] = {"train_manifest": str(uneven), "val_manifest": str(uneven), "batch_size": 2, "num_workers": 2}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]))
     result = subprocess.run([sys.executable, "-m", "lotus_pl", "fit", "--config", str(tmp_path / "config.yaml")],
@@ -305,6 +325,6 @@ def test_two_process_ddp_over_uneven_shards_has_equal_steps_and_disjoint_samples
     assert result.returncode == 0, result.stderr[-4000:]
     batches = [(tmp_path / f"rank{r}.txt").read_text().split("\n")[:-1] for r in range(2)]
     assert len(batches[0]) == len(batches[1]) == 10
-    keys = [set(" ".join(b).split()) for b in batches]
-    assert not keys[0] & keys[1]  # 20 samples per rank from a 12-sample share: looped, never crossed
-    assert keys[0] | keys[1] == all_keys("uneven", UNEVEN)
+    first_pass = [" ".join(b[:6]).split() for b in batches]  # 6 steps of 2 ranks x 2 samples: one pass
+    assert not set(first_pass[0]) & set(first_pass[1])
+    assert sorted(first_pass[0] + first_pass[1]) == sorted(all_keys("uneven", UNEVEN))

@@ -1,14 +1,16 @@
 """The DataModule: WebDataset shards (from manifests) for fit/validate/test, images and videos for predict.
 
-Training splits each source's shards disjointly over ranks and then over each rank's loader
-workers, balancing sample counts (uneven shards are fine: the manifest knows every shard's count).
-Each reader loops over its share endlessly, reshuffling the share's order every pass, so the stream
-never runs dry: every rank runs the same number of steps (``max_steps``) and DDP never waits on a
-rank whose data ended, while no sample is seen by two readers. With fewer shards than readers,
-readers that must share shards keep every k-th sample of them instead (still disjoint, k times the
-reading) and a warning says so. Evaluation reads each sample once, split the same way. Sources are
-stored at their training size (the converters resize Hypersim and crop VKITTI), so nothing is
-resized here.
+Training reads each source in an endless global order (pass p: a seeded permutation of all its
+samples) and deals its batches out to ranks and loader workers by a global batch counter, the
+*slot* (:mod:`lotus_pl.data.resumable`): within a pass no sample is repeated or skipped, every
+rank runs the same number of steps (``max_steps``) and DDP never waits on a rank whose data ended.
+Which samples a batch holds, its flips and its source are pure functions of the seed and the slot,
+so the checkpoint stores the stream position (:meth:`DenseDataModule.state_dict`) and a run resumed
+with ``--ckpt_path last`` sees exactly the batches an uninterrupted run sees, also on another
+number of ranks or workers. Evaluation splits each source's shards disjointly over ranks and then
+workers (balanced by sample count; with fewer shards than readers, readers keep every k-th sample
+of shared shards) and reads each sample once. Sources are stored at their training size (the
+converters resize Hypersim and crop VKITTI), so nothing is resized here.
 
 Training batches carry ``image`` as uint8 until they reach the device, where
 :meth:`DenseDataModule.on_after_batch_transfer` turns it into the float [-1, 1] the model uses (bit
@@ -22,10 +24,9 @@ sample (or the rest of a broken shard), counts it, and logs one warning per shar
 truncated or unreadable shards, sample counts that differ from the manifest, undecodable images,
 missing required fields, non-finite numbers, and (``verify_shards``) shards whose sha256 differs.
 
-Everything random (shard assignment and order, shuffle buffer, flips, source choice) is seeded from
-``seed``, the rank and the worker, so a run is reproducible for a given number of ranks and workers.
-A run resumed from a checkpoint restarts the streams from their first pass (same seeds), which
-repeats some samples early; the stream position is not checkpointed.
+Everything random in training (sample order, flips, source choice) is seeded from ``seed`` and the
+slot alone. Training shards must be local tar files (samples are read by position); evaluation
+also reads ``pipe:`` commands and URLs.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import logging
 import random
 import tarfile
 import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -48,6 +49,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from lotus_pl.data.domains import SceneDomain
 from lotus_pl.data.manifest import Manifest, iter_tar, split_member_name
 from lotus_pl.data.predict_inputs import PredictInputs, list_inputs, plan_inputs
+from lotus_pl.data.resumable import ResumableBatches, ShardError, SourceOrder, StreamPosition
 from lotus_pl.data.samples import SampleError, decode_sample, image_to_float
 from lotus_pl.tasks.normal import hflip_normals
 
@@ -124,10 +126,6 @@ def hflip_sample(sample: dict[str, Any]) -> dict[str, Any]:
 # --------------------------------------------------------------------------- #
 # Bad data
 # --------------------------------------------------------------------------- #
-class ShardError(SampleError):
-    """A shard that cannot be read to its end, or that holds a different number of samples."""
-
-
 class BadData:
     """The ``on_bad_sample`` policy: raise the error, or skip, count and warn once per shard and key."""
 
@@ -232,13 +230,13 @@ def iter_shard(url: str) -> Iterator[dict[str, Any]]:
 
 
 class ShardStream(IterableDataset):
-    """Raw samples of this reader's share of a source's shards: once, or endlessly with the share's
-    order reshuffled every pass. Broken shards go to the bad-data policy."""
+    """Raw samples of this reader's share of a source's shards, once, in manifest order (evaluation).
+    Broken shards go to the bad-data policy."""
 
     def __init__(self, urls: list[str], counts: list[int], rank: int, world_size: int, seed: int,
-                 endless: bool, shuffle: bool, bad_data: BadData) -> None:
+                 bad_data: BadData) -> None:
         self.urls, self.counts, self.rank, self.world_size = urls, counts, rank, world_size
-        self.seed, self.endless, self.shuffle, self.bad_data = seed, endless, shuffle, bad_data
+        self.seed, self.bad_data = seed, bad_data
 
     def share(self) -> ReaderShare:
         worker, workers = _worker()
@@ -246,24 +244,12 @@ class ShardStream(IterableDataset):
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         share = self.share()
-        epoch = 0
-        while True:
-            order = list(share.shards)
-            if self.shuffle:  # same order for every reader sharing these shards, so strides stay disjoint
-                random.Random(f"order-{self.seed}-{epoch}-{order}").shuffle(order)
-            index = kept = 0
-            for shard in order:
-                for raw in self._read(shard):
-                    if index % share.stride == share.offset:
-                        kept += 1
-                        yield raw
-                    index += 1
-            if not self.endless:
-                return
-            if not kept:
-                raise RuntimeError(f"no readable samples in shards {[self.urls[i] for i in share.shards]} "
-                                   f"(stride {share.stride}, offset {share.offset})")
-            epoch += 1
+        index = 0
+        for shard in share.shards:
+            for raw in self._read(shard):
+                if index % share.stride == share.offset:
+                    yield raw
+                index += 1
 
     def _read(self, shard: int) -> Iterator[dict[str, Any]]:
         url, expected, read, last = self.urls[shard], self.counts[shard], 0, None
@@ -280,68 +266,48 @@ class ShardStream(IterableDataset):
                           url, "sample count")
 
 
-def shuffled(items: Iterable[Any], size: int, rng: random.Random) -> Iterator[Any]:
-    """A shuffle buffer of ``size`` items: each item out is a random one of the last ``size`` in."""
-    buffer: list[Any] = []
-    for item in items:
-        if len(buffer) < size:
-            buffer.append(item)
-            continue
-        index = rng.randrange(size)
-        yield buffer[index]
-        buffer[index] = item
-    rng.shuffle(buffer)
-    yield from buffer
-
-
 class SourceBatches(IterableDataset):
-    """Batches of one source: raw samples shuffled, decoded, flipped at random, and batched."""
+    """Evaluation batches of one source: this reader's raw samples decoded and batched, in order
+    (the last batch may be short)."""
 
     def __init__(self, stream: ShardStream, decode: Callable[[dict[str, Any]], dict[str, Any]], batch_size: int,
-                 shuffle_buffer: int, hflip: float, partial: bool, bad_data: BadData, seed: int) -> None:
-        self.stream, self.decode, self.batch_size = stream, decode, batch_size
-        self.shuffle_buffer, self.hflip, self.partial = shuffle_buffer, hflip, partial
-        self.bad_data, self.seed = bad_data, seed
+                 bad_data: BadData) -> None:
+        self.stream, self.decode, self.batch_size, self.bad_data = stream, decode, batch_size, bad_data
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        rng = random.Random(f"batches-{self.seed}-{self.stream.rank}-{_worker()[0]}")
-        raws: Iterable[dict[str, Any]] = self.stream
-        if self.shuffle_buffer > 1:
-            raws = shuffled(raws, self.shuffle_buffer, rng)
-        batch, flips = [], []
-        for raw in raws:
+        batch = []
+        for raw in self.stream:
             try:
-                sample = self.decode(raw)
+                batch.append(self.decode(raw))
             except SampleError as exc:
                 self.bad_data(exc, raw.get("__url__", "?"), raw.get("__key__", "?"))
                 continue
-            batch.append(sample)
-            flips.append(bool(self.hflip) and rng.random() < self.hflip)
             if len(batch) == self.batch_size:
-                yield collate_samples(batch, flips)
-                batch, flips = [], []
-        if batch and self.partial:
-            yield collate_samples(batch, flips)
+                yield collate_samples(batch)
+                batch = []
+        if batch:
+            yield collate_samples(batch)
 
 
-class MixedBatches(IterableDataset):
-    """Draw each batch whole from one source, chosen with the given probabilities.
+class TrainingBatch:
+    """Raw samples -> one training batch (decoded, flipped while stacked, tagged with its slot); a
+    sample that fails to decode follows the bad-data policy, so a skipped one makes the batch shorter."""
 
-    Sources of different resolutions cannot share a batch, so Lotus mixes Hypersim and Virtual KITTI
-    by batch (p = 0.9 / 0.1). The choice is seeded per rank and worker, like everything else.
-    """
+    def __init__(self, decode: SampleDecoder, bad_data: BadData) -> None:
+        self.decode, self.bad_data = decode, bad_data
 
-    def __init__(self, sources: list[IterableDataset], probabilities: list[float], seed: int, rank: int = 0) -> None:
-        if len(sources) != len(probabilities) or any(p < 0 for p in probabilities) or sum(probabilities) <= 0:
-            raise ValueError(f"need one non-negative probability per training source, got {probabilities} for {len(sources)} sources")
-        self.sources, self.seed, self.rank = sources, seed, rank
-        self.probabilities = [p / sum(probabilities) for p in probabilities]
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        rng = random.Random(f"mix-{self.seed}-{self.rank}-{_worker()[0]}")
-        iterators = [iter(s) for s in self.sources]
-        while True:
-            yield next(iterators[rng.choices(range(len(iterators)), weights=self.probabilities)[0]])
+    def __call__(self, raws: list[dict[str, Any]], flips: list[bool], slot: int) -> dict[str, Any]:
+        samples, kept = [], []
+        for raw, flip in zip(raws, flips):
+            try:
+                samples.append(self.decode(raw))
+                kept.append(flip)
+            except SampleError as exc:
+                self.bad_data(exc, raw.get("__url__", "?"), raw.get("__key__", "?"))
+        if not samples:
+            raise SampleError(f"every sample of training batch {slot} is unreadable or missing "
+                              f"({[r.get('__key__') for r in raws]}); see the warnings above")
+        return {**collate_samples(samples, kept), "slot": slot}
 
 
 # --------------------------------------------------------------------------- #
@@ -389,8 +355,7 @@ class DenseDataModule(LightningDataModule):
         eval_batch_size: validation/test batch size per device.
         num_workers: loader processes per device.
         hflip: probability of a random horizontal flip in training.
-        shuffle_buffer: raw samples held per reader for shuffling the training stream.
-        seed: seed of the shard assignment and order, the shuffle, the flips and the source choice.
+        seed: seed of the sample order, the flips and the source choice (and of evaluation's shard assignment).
         required: sample fields every sample must have (the tasks' ground truths are added).
         on_bad_sample: ``raise`` (stop with an error naming shard and sample) or ``skip`` (drop it,
             count it, warn once per shard and key).
@@ -419,7 +384,6 @@ class DenseDataModule(LightningDataModule):
         eval_batch_size: int = 16,
         num_workers: int = 2,
         hflip: float = 0.5,
-        shuffle_buffer: int = 256,
         seed: int = 0,
         required: list[str] | None = None,
         on_bad_sample: Literal["raise", "skip"] = "raise",
@@ -436,7 +400,10 @@ class DenseDataModule(LightningDataModule):
         self.train_manifest, self.val_manifest, self.test_manifest = train_manifest, val_manifest, test_manifest
         self.train_probabilities = train_probabilities
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
-        self.hflip, self.shuffle_buffer, self.seed = hflip, shuffle_buffer, seed
+        self.hflip, self.seed = hflip, seed
+        self._stream: ResumableBatches | None = None
+        self._restored: dict[str, Any] | None = None  # the checkpoint's stream position
+        self._origin_step = 0
         self.required = list(required or ["rgb"])
         self.bad_data = BadData(on_bad_sample)
         self.verify_shards = verify_shards
@@ -500,32 +467,51 @@ class DenseDataModule(LightningDataModule):
             raise ValueError(f"{manifest_path}: no usable shards for {purpose}")
         return [manifest.url(e) for e in entries], [e.num_samples for e in entries]
 
-    def _warn_if_shared(self, name: str, counts: list[int], rank: int, world: int, workers: int) -> None:
-        """One warning (from rank 0) when some readers must share shards: fewer shards than readers."""
-        workers = max(workers, 1)
-        stride = max(reader_share(counts, r, world, w, workers, self.seed).stride for r in range(world) for w in range(workers))
-        if rank == 0 and stride > 1:
-            log.warning("%s: %d shards for %d ranks x %d workers, so readers share shards and keep every %d-th "
-                        "sample of them (disjoint, but each reads %dx the bytes); write more, smaller shards to avoid it",
-                        name, len(counts), world, workers, stride, stride)
-
-    def train_dataloader(self) -> DataLoader:
+    def _train_stream(self) -> ResumableBatches:
+        """This rank's training stream, from the restored position (a fresh run: the start)."""
         manifests = self.train_manifest if isinstance(self.train_manifest, list) else [self.train_manifest]
         rank, world = self._rank_world()
-        decode = self._decoder(training=True)
         sources = []
         for index, manifest in enumerate(manifests):
             urls, counts = self._shards(manifest, "train")
-            self._warn_if_shared(str(manifest), counts, rank, world, self.num_workers)
-            seed = self.seed + 1000 * index
-            stream = ShardStream(urls, counts, rank, world, seed, endless=True, shuffle=True, bad_data=self.bad_data)
-            sources.append(SourceBatches(stream, decode, self.batch_size, self.shuffle_buffer, self.hflip,
-                                         partial=False, bad_data=self.bad_data, seed=seed))
-        dataset = sources[0]
-        if len(sources) > 1:
-            dataset = MixedBatches(sources, self.train_probabilities or [1.0] * len(sources), self.seed, rank)
-        return DataLoader(dataset, batch_size=None, num_workers=self.num_workers,
+            sources.append(SourceOrder(str(manifest), urls, counts, self.seed + 1000 * index, self.bad_data))
+        origin, self._origin_step = StreamPosition(0, [0] * len(sources)), 0
+        if self._restored is not None:
+            origin, self._origin_step = self._check_restored(self._restored, sources), int(self._restored["step"])
+        return ResumableBatches(sources, self.train_probabilities or [1.0] * len(sources),
+                                TrainingBatch(self._decoder(training=True), self.bad_data),
+                                self.batch_size, self.hflip, self.seed, rank, world, origin)
+
+    def _check_restored(self, state: dict[str, Any], sources: list[SourceOrder]) -> StreamPosition:
+        """The saved position, if it can continue these sources: the same seed and sample counts
+        (another order would repeat and skip samples); ranks, workers and batch size may differ."""
+        now = {"seed": self.seed, "num_samples": [s.total for s in sources]}
+        changed = [f"{k} was {state.get(k)}, is now {v}" for k, v in now.items() if state.get(k) != v]
+        if changed:
+            raise ValueError("cannot continue the checkpoint's training stream: data." + "; ".join(changed) +
+                             f" (sources {[s.name for s in sources]}); restore the data and seed it was trained "
+                             "with, or start a new run")
+        return StreamPosition.from_dict(state)
+
+    def train_dataloader(self) -> DataLoader:
+        self._stream = self._train_stream()
+        return DataLoader(self._stream, batch_size=None, num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The training stream's position after the batches trained on so far, derived from
+        ``global_step`` (the same on every rank, so Lightning keeping rank 0's copy loses nothing)."""
+        trainer = getattr(self, "trainer", None)
+        if self._stream is None or trainer is None:
+            return {}
+        consumed = (trainer.global_step - self._origin_step) * trainer.accumulate_grad_batches * trainer.world_size
+        position = self._stream.position_after(consumed)
+        return {"train_stream": {**position.to_dict(), "step": trainer.global_step, "seed": self.seed,
+                                 "num_samples": [s.total for s in self._stream.sources]}}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Continue from the saved position (checked against the data when the loader is built)."""
+        self._restored = state_dict.get("train_stream")
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Training images travel as uint8 and become floats in [-1, 1] here, on the device."""
@@ -536,9 +522,8 @@ class DenseDataModule(LightningDataModule):
     def _eval_loader(self, manifest: str | None, purpose: str) -> DataLoader:
         rank, world = self._rank_world()
         urls, counts = self._shards(manifest, purpose)
-        stream = ShardStream(urls, counts, rank, world, self.seed, endless=False, shuffle=False, bad_data=self.bad_data)
-        dataset = SourceBatches(stream, self._decoder(training=False), self.eval_batch_size, 0, 0.0,
-                                partial=True, bad_data=self.bad_data, seed=self.seed)
+        stream = ShardStream(urls, counts, rank, world, self.seed, bad_data=self.bad_data)
+        dataset = SourceBatches(stream, self._decoder(training=False), self.eval_batch_size, bad_data=self.bad_data)
         workers = min(self.num_workers, max(1, len(urls) // world))  # no worker without a shard of its own
         return DataLoader(dataset, batch_size=None, num_workers=workers)
 

@@ -120,10 +120,13 @@ class Manifest:
         }
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write the YAML. Shard paths are stored as given (keep them relative)."""
+        """Write the YAML (under a temporary name, renamed when whole: a converter killed while
+        saving leaves no truncated manifest). Shard paths are stored as given (keep them relative)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        partial = path.with_name(path.name + ".partial")
+        partial.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        os.replace(partial, path)
         self.root = path.resolve().parent
 
     # ------------------------------------------------------------------ #
