@@ -30,11 +30,12 @@ from typing import Protocol
 import numpy as np
 from PIL import Image
 
-from lotus_pl.data.renderer import Camera, RenderedView, Scene, random_scene, render
+from lotus_pl.data.renderer import Box, Camera, Plane, RenderedView, Scene, Sphere, _intersect, random_scene, render
 from lotus_pl.geometry.cameras import CameraSet, PosedCamera, SparsePoints, write_cameras_json, write_colmap_text, write_transforms
 from lotus_pl.geometry.single_view import Intrinsics
 
-__all__ = ["MultiViewSequence", "Orbit", "Trajectory", "WalkThrough", "make_synthetic_multiview", "render_sequence", "write_sequence"]
+__all__ = ["MultiViewSequence", "Orbit", "Trajectory", "WalkThrough", "make_synthetic_multiview", "render_sequence", "surface_distance",
+           "write_sequence"]
 
 
 class Trajectory(Protocol):
@@ -116,6 +117,27 @@ class MultiViewSequence:
     extent: float  # diagonal of the surface sample's bounding box, metres
 
 
+def surface_distance(scene: Scene, points: np.ndarray) -> np.ndarray:
+    """``[N]`` exact distance from world points to the nearest primitive surface of ``scene``
+    (analytic: planes, spheres, box faces), to score a reconstruction against the true geometry."""
+    p = np.asarray(points, dtype=np.float64)
+    best = np.full(len(p), np.inf)
+    for prim in scene.primitives:
+        if isinstance(prim, Plane):
+            n = np.asarray(prim.normal, dtype=np.float64)
+            d = np.abs((p - np.asarray(prim.point)) @ (n / np.linalg.norm(n)))
+        elif isinstance(prim, Sphere):
+            d = np.abs(np.linalg.norm(p - np.asarray(prim.center), axis=1) - prim.radius)
+        elif isinstance(prim, Box):
+            lo, hi = np.asarray(prim.lo), np.asarray(prim.hi)
+            q = np.abs(p - (lo + hi) / 2) - (hi - lo) / 2
+            d = np.linalg.norm(np.maximum(q, 0), axis=1) + np.abs(np.minimum(q.max(axis=1), 0))
+        else:
+            raise TypeError(f"no distance for primitive {type(prim).__name__}")
+        best = np.minimum(best, d)
+    return best
+
+
 def posed_camera(name: str, camera: Camera, view: RenderedView) -> PosedCamera:
     """The renderer camera as a :class:`PosedCamera` (OpenCV camera-to-world)."""
     pose = np.eye(4)
@@ -163,21 +185,41 @@ def _sparse_points(posed: CameraSet, views: list[RenderedView], candidates: np.n
     return SparsePoints(xyz, observed)
 
 
+def _reachable(scene: Scene, start: Camera, cameras: list[Camera], clearance: float = 0.3) -> bool:
+    """Whether every camera can be walked to from ``start`` without passing through a surface (and
+    keeps ``clearance`` metres from it): the renderer's planes are infinite and two-sided, so a
+    camera that stepped through a wall would see its back, and other views would look occluded."""
+    origin = np.asarray(start.position, dtype=np.float64)
+    for cam in cameras:
+        step = np.asarray(cam.position, dtype=np.float64) - origin
+        length = float(np.linalg.norm(step))
+        if length < 1e-9:
+            continue
+        direction = (step / length)[None]
+        if any(float(_intersect(prim, origin, direction)[0]) < length + clearance for prim in scene.primitives):
+            return False
+    return True
+
+
 def render_sequence(seed: int, trajectory: Trajectory | None = None, height: int = 128, width: int = 128,
                     surface_scale: int = 2, surface_spacing: float | None = None, num_sparse: int = 400,
                     min_valid: float = 0.6, attempts: int = 20) -> MultiViewSequence:
     """Render one random scene along ``trajectory`` (default :class:`WalkThrough`). Scenes whose views
-    see too little surface (``min_valid`` of the pixels) are redrawn from the next sub-seed."""
+    see too little surface (``min_valid`` of the pixels), or whose trajectory passes through a
+    surface, are redrawn from the next sub-seed."""
     trajectory = trajectory if trajectory is not None else WalkThrough()
     for attempt in range(attempts):
         rng = np.random.default_rng([seed, attempt])
         scene, base = random_scene(rng)
         cameras = trajectory.cameras(base, rng)
+        if not _reachable(scene, base, cameras):
+            continue
         views = [render(scene, cam, height, width) for cam in cameras]
         if min(float(v.valid.mean()) for v in views) >= min_valid:
             break
     else:
-        raise RuntimeError(f"seed {seed}: no scene in {attempts} attempts has every view at least {min_valid:.0%} covered")
+        raise RuntimeError(f"seed {seed}: no scene in {attempts} attempts has a trajectory inside the room with every "
+                           f"view at least {min_valid:.0%} covered")
     posed = CameraSet([posed_camera(f"view_{i:02d}.png", c, v) for i, (c, v) in enumerate(zip(cameras, views))],
                       source=f"synthetic seed {seed}")
     dense_pts, dense_nrm = [], []

@@ -157,7 +157,7 @@ def fuse(
     print(f"{'view':<24} {'scale':>11} {'shift':>11} {'points':>8} {'inliers':>8} {'residual':>9}")
     for a in report:
         print(f"{a.name:<24} {a.scale:>11.5g} {a.shift:>11.5g} {a.num_points:>8d} {a.num_inliers:>8d} {a.residual:>9.4f}")
-    print(f"multi-view depth consistency (median relative disagreement, mean over pairs): {consistency:.4f}")
+    print(f"multi-view depth consistency (median relative disagreement over all view pairs): {consistency:.4f}")
     fusion = TSDFFusion(voxel_size, resolution, trunc_voxels, max_depth, min_incidence_cos)
     bar = (lambda it: tqdm(it, desc="TSDF fusion", unit="view")) if progress else None
     result = fusion.fuse(depths, [v.camera for v in views], colors if images is not None else None, normals, bar)

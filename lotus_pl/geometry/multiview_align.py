@@ -18,7 +18,7 @@ The aligners here find every view's ``(s, t)``; they are picked by ``class_path`
 
 :func:`correspondences` and :func:`depth_consistency` are shared with the metrics: the latter is the
 multi-view depth-consistency figure (median relative disagreement of aligned depths reprojected
-between views).
+between views, pooled over all view pairs).
 """
 
 from __future__ import annotations
@@ -213,9 +213,10 @@ def correspondences(views: list[AlignmentView], theta: np.ndarray, max_samples: 
 
 def depth_consistency(views: list[AlignmentView], theta: np.ndarray | None = None, max_samples: int = 4000,
                       min_overlap: int = 20) -> float:
-    """Multi-view depth consistency: the mean over ordered view pairs (with at least ``min_overlap``
-    common samples) of the median ``|z_j(X_i) / d_j(x') - 1|``; 0 for perfectly consistent depths.
-    The median ignores occlusions, which the pairwise test cannot tell from disagreement."""
+    """Multi-view depth consistency: the median of ``|z_j(X_i) / d_j(x') - 1|`` over every sample of
+    every ordered view pair (pairs with at least ``min_overlap`` common samples); 0 for perfectly
+    consistent depths. A point that view j sees occluded counts as disagreement, and the median
+    over all pairs pooled keeps that (usually small) share from deciding the figure."""
     theta = theta if theta is not None else np.tile([1.0, 0.0], len(views))
     # compare in disparity, which is bilinear-exact on planes: metric depth d -> disparity 1/d
     as_disparity = []
@@ -223,15 +224,15 @@ def depth_consistency(views: list[AlignmentView], theta: np.ndarray | None = Non
         depth = apply_scale_shift(v, theta[2 * k], theta[2 * k + 1])
         as_disparity.append(AlignmentView(1.0 / depth, "disparity", v.camera, v.mask))
     r, owner, pairs = correspondences(as_disparity, np.tile([1.0, 0.0], len(views)), max_samples)
-    figures = []
+    pooled = []
     for index in range(len(pairs)):
         values = np.abs(r[owner == index])
         values = values[np.isfinite(values)]
         if len(values) >= min_overlap:
-            figures.append(float(np.median(values)))
-    if not figures:
+            pooled.append(values)
+    if not pooled:
         raise ValueError("no two views overlap: the depth consistency is undefined")
-    return float(np.mean(figures))
+    return float(np.median(np.concatenate(pooled)))
 
 
 # --------------------------------------------------------------------------- #
