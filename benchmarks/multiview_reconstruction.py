@@ -7,7 +7,7 @@ aligned jointly, to sparse points, and view by view, then fused and scored again
 Per scene (``lotus_pl.data.multiview.render_sequence``, walk-through, seeds ``--seed`` ...): the
 model predicts each view's relative disparity; background pixels (no surface: the renderer's
 valid mask) are masked out for every row alike, depth beyond 50 m is dropped, and TSDF fusion
-(``TSDFFusion(resolution=256)``) runs with the exact normals for the incidence test. Rows:
+(``TSDFFusion(resolution=160)``) runs with the exact normals for the incidence test. Rows:
 
 * ``gt``: exact depth fused (bounds the fusion itself);
 * ``joint``: :class:`JointAlignment` (no sparse points; scale from the metric poses);
@@ -105,15 +105,19 @@ def main() -> None:
     parser.add_argument("--views", type=int, default=8)
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--seed", type=int, default=1000)
+    parser.add_argument("--resolution", type=int, default=160, help="TSDF voxels across the scene's diagonal")
+    parser.add_argument("--joint_samples", type=int, default=1500, help="JointAlignment pixels per view")
     parser.add_argument("--out", default="docs/benchmarks/multiview_reconstruction.json")
     args = parser.parse_args()
     torch.set_num_threads(1)
     model = load_model(Path(args.run), args.ckpt)
-    fusion = TSDFFusion(resolution=256)
+    fusion = TSDFFusion(resolution=args.resolution)
     rows = {"gt": [], "joint": [], "sparse": [], "per_view_oracle": [], "per_view_range": []}
     scenes = []
     for i in range(args.scenes):
+        t_scene = time.perf_counter()
         seq = render_sequence(args.seed + i, WalkThrough(num_views=args.views), args.size, args.size)
+        print(f"scene {i}: rendered in {time.perf_counter() - t_scene:.0f} s", flush=True)
         lo, hi = seq.surface_points.min(0), seq.surface_points.max(0)
         extent = float((hi - lo).max())
         tau2, tau1 = 0.02 * extent, 0.01 * extent
@@ -127,7 +131,7 @@ def main() -> None:
         space = model.tasks[0].encoding.space
         pred_views = [AlignmentView(p, space, c, m) for p, c, m in zip(preds, seq.posed.cameras, masks)]
         gt_views = [AlignmentView(np.where(t > 0, t, np.nan), "metric", c) for t, c in zip(truth, seq.posed.cameras)]
-        cases = {"gt": (MetricDepth(), gt_views), "joint": (JointAlignment(), pred_views),
+        cases = {"gt": (MetricDepth(), gt_views), "joint": (JointAlignment(max_samples=args.joint_samples), pred_views),
                  "sparse": (SparsePointAlignment(), pred_views), "per_view_oracle": (PerViewOracle(truth), pred_views),
                  "per_view_range": (RangeGuess(1.0, 10.0), pred_views)}
         for name, (aligner, views) in cases.items():
