@@ -3,11 +3,15 @@ aligned jointly, to sparse points, and view by view, then fused and scored again
 
     python benchmarks/multiview_reconstruction.py --run runs/quickstart --ckpt runs/quickstart/checkpoints/last.ckpt \
         --scenes 5 --views 8 --out docs/benchmarks/multiview_reconstruction.json
+    # or in parallel over disjoint seeds, then merged:
+    python benchmarks/multiview_reconstruction.py ... --seed 1000 --scenes 3 --out a.json &
+    python benchmarks/multiview_reconstruction.py ... --seed 1003 --scenes 2 --out b.json
+    python benchmarks/multiview_reconstruction.py --ckpt - --combine a.json b.json --out docs/benchmarks/multiview_reconstruction.json
 
 Per scene (``lotus_pl.data.multiview.render_sequence``, walk-through, seeds ``--seed`` ...): the
 model predicts each view's relative disparity; background pixels (no surface: the renderer's
 valid mask) are masked out for every row alike, depth beyond 50 m is dropped, and TSDF fusion
-(``TSDFFusion(resolution=160)``) runs with the exact normals for the incidence test. Rows:
+(``TSDFFusion(resolution=128)``) runs with the exact normals for the incidence test. Rows:
 
 * ``gt``: exact depth fused (bounds the fusion itself);
 * ``joint``: :class:`JointAlignment` (no sparse points; scale from the metric poses);
@@ -105,10 +109,13 @@ def main() -> None:
     parser.add_argument("--views", type=int, default=8)
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--seed", type=int, default=1000)
-    parser.add_argument("--resolution", type=int, default=160, help="TSDF voxels across the scene's diagonal")
-    parser.add_argument("--joint_samples", type=int, default=1500, help="JointAlignment pixels per view")
+    parser.add_argument("--resolution", type=int, default=128, help="TSDF voxels across the scene's diagonal")
+    parser.add_argument("--joint_samples", type=int, default=1000, help="JointAlignment pixels per view")
     parser.add_argument("--out", default="docs/benchmarks/multiview_reconstruction.json")
+    parser.add_argument("--combine", nargs="+", help="only merge these result JSONs into --out")
     args = parser.parse_args()
+    if args.combine:
+        return combine(args.combine, args.out)
     torch.set_num_threads(1)
     model = load_model(Path(args.run), args.ckpt)
     fusion = TSDFFusion(resolution=args.resolution)
@@ -145,29 +152,43 @@ def main() -> None:
                   f"consistency {row.get('depth_consistency', float('nan')):.4f} AbsRel {row.get('abs_rel', float('nan')):.3f}",
                   flush=True)
         scenes.append({"seed": args.seed + i, "extent": extent, "tau_2pct": tau2, "sparse_points": len(seq.posed.sparse.xyz)})
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)  # after every scene, so a stopped run keeps its scenes
+        Path(args.out).write_text(json.dumps({"args": vars(args), "scenes": scenes, "rows": rows}, indent=1))
+    summarize(scenes, rows, args.out)
 
+
+def summarize(scenes: list[dict], rows: dict[str, list[dict]], out: str) -> None:
     def mean(name, key):
         values = [r[key] for r in rows[name] if key in r]
         return float(np.mean(values)) if values else float("nan")
 
     extents = np.array([s["extent"] for s in scenes])
     summary = {}
-    print(f"\n{'row':>16} | F@2% | F@1% | Chamfer-L1 (% extent) | normal cons. | depth cons. | AbsRel")
+    print(f"\n{len(scenes)} scenes | row | F@2% | F@1% | Chamfer-L1 (% extent) | normal cons. | depth cons. | AbsRel")
     for name in rows:
-        chamfer_pct = float(np.mean([100 * r["chamfer_l1"] / e for r, e in zip(rows[name], extents) if "chamfer_l1" in r])) \
-            if any("chamfer_l1" in r for r in rows[name]) else float("nan")
+        chamfer = [100 * r["chamfer_l1"] / e for r, e in zip(rows[name], extents) if "chamfer_l1" in r]
         summary[name] = {"fscore_2pct": mean(name, "fscore_2pct"), "fscore_1pct": mean(name, "fscore_1pct"),
-                         "chamfer_pct_extent": chamfer_pct, "chamfer_l1_m": mean(name, "chamfer_l1"),
-                         "normal_consistency": mean(name, "normal_consistency"),
+                         "chamfer_pct_extent": float(np.mean(chamfer)) if chamfer else float("nan"),
+                         "chamfer_l1_m": mean(name, "chamfer_l1"), "normal_consistency": mean(name, "normal_consistency"),
                          "depth_consistency": mean(name, "depth_consistency"), "abs_rel": mean(name, "abs_rel"),
                          "failed": sum("error" in r for r in rows[name])}
         s = summary[name]
-        print(f"{name:>16} | {s['fscore_2pct']:.3f} | {s['fscore_1pct']:.3f} | {s['chamfer_pct_extent']:.2f} | "
-              f"{s['normal_consistency']:.3f} | {s['depth_consistency']:.4f} | {s['abs_rel']:.3f}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"args": vars(args), "scenes": scenes, "summary": summary, "rows": rows}, indent=1))
+        print(f"| {name} | {s['fscore_2pct']:.3f} | {s['fscore_1pct']:.3f} | {s['chamfer_pct_extent']:.2f} | "
+              f"{s['normal_consistency']:.3f} | {s['depth_consistency']:.4f} | {s['abs_rel']:.3f} |")
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps({"scenes": scenes, "summary": summary, "rows": rows}, indent=1))
     print(f"-> {out}")
+
+
+def combine(files: list[str], out: str) -> None:
+    """Merge the JSONs of runs over disjoint seeds (e.g. run in parallel) into one table."""
+    scenes, rows = [], {}
+    for f in files:
+        part = json.loads(Path(f).read_text())
+        scenes += part["scenes"]
+        for name, values in part["rows"].items():
+            rows.setdefault(name, []).extend(values)
+    summarize(scenes, rows, out)
 
 
 if __name__ == "__main__":

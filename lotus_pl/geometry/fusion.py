@@ -39,13 +39,20 @@ def open3d_intrinsic(camera: PosedCamera) -> Any:
 
 @dataclass
 class FusionResult:
-    """The fused ``mesh`` (Open3D TriangleMesh, vertex normals computed), the TSDF's ``cloud``
-    (Open3D PointCloud), the voxel size used and how many pixels each view contributed."""
+    """The fused ``mesh`` (Open3D TriangleMesh, vertex normals computed), the Open3D ``volume``,
+    the voxel size used and how many pixels each view contributed; :attr:`cloud` is the TSDF's
+    point cloud, extracted when first asked for (it costs another pass over the volume)."""
 
     mesh: Any
-    cloud: Any
+    volume: Any
     voxel_size: float
     pixels_per_view: dict[str, int]
+
+    @property
+    def cloud(self) -> Any:
+        if not hasattr(self, "_cloud"):
+            self._cloud = self.volume.extract_point_cloud()
+        return self._cloud
 
 
 @dataclass
@@ -149,4 +156,4 @@ class TSDFFusion:
             raise ValueError(f"the TSDF volume of {len(cameras)} views ({[c.name for c in cameras][:4]}...) is empty: "
                              f"no surface where the views agree (voxel {voxel:.4g} m); are depth and poses consistent?")
         mesh.compute_vertex_normals()
-        return FusionResult(mesh, volume.extract_point_cloud(), voxel, used)
+        return FusionResult(mesh, volume, voxel, used)
