@@ -81,12 +81,16 @@ class TSDFFusion:
         """The box (1st to 99th percentile per axis, padded by 5 %) of the back-projected depth."""
         points = []
         for depth, cam in zip(depths, cameras):
+            k, stride = cam.intrinsics, max(1, int(np.sqrt(depth.size / 20000)))  # ~20k pixels a view
+            z = np.asarray(depth[stride // 2::stride, stride // 2::stride], dtype=np.float64)
+            vv, uu = np.mgrid[stride // 2:depth.shape[0]:stride, stride // 2:depth.shape[1]:stride]
             with np.errstate(invalid="ignore"):
-                valid = np.isfinite(depth) & (depth > 0)
+                valid = np.isfinite(z) & (z > 0)
                 if self.max_depth is not None:
-                    valid &= depth <= self.max_depth
-            rays = cam.intrinsics.rays(*depth.shape)[valid][::7] * depth[valid][::7, None]
-            points.append(rays @ cam.rotation.T + cam.center)
+                    valid &= z <= self.max_depth
+            z, u, v = z[valid], uu[valid] + 0.5, vv[valid] + 0.5
+            cam_points = np.stack([(u - k.cx) / k.fx * z, (v - k.cy) / k.fy * z, z], axis=-1)
+            points.append(cam_points @ cam.rotation.T + cam.center)
         points = np.concatenate(points) if points else np.zeros((0, 3))
         if len(points) < 2:
             raise ValueError(f"no valid depth in any of the {len(cameras)} views: nothing to fuse")
@@ -101,10 +105,11 @@ class TSDFFusion:
             if self.max_depth is not None:
                 keep &= depth <= self.max_depth
         if normal is not None and self.min_incidence_cos > 0:
-            rays = camera.intrinsics.rays(*depth.shape)
-            rays /= np.linalg.norm(rays, axis=-1, keepdims=True)
-            cos = np.abs(np.einsum("hwc,hwc->hw", rays, normal))
-            keep &= cos >= self.min_incidence_cos
+            k = camera.intrinsics
+            rx = ((np.arange(depth.shape[1]) + 0.5 - k.cx) / k.fx)[None, :]
+            ry = ((np.arange(depth.shape[0]) + 0.5 - k.cy) / k.fy)[:, None]
+            dot = normal[..., 0] * rx + normal[..., 1] * ry + normal[..., 2]
+            keep &= np.abs(dot) >= self.min_incidence_cos * np.sqrt(rx**2 + ry**2 + 1.0)
         return keep
 
     def fuse(self, depths: list[np.ndarray], cameras: list[PosedCamera], colors: list[np.ndarray] | None = None,
