@@ -91,6 +91,7 @@ def data_main(args: list[str]) -> int | None:
     """``lotus_pl data <source>``: build shards and manifests; ``lotus_pl data verify <manifest>``: check them."""
     from jsonargparse import CLI
 
+    from lotus_pl.data.multiview import make_synthetic_multiview
     from lotus_pl.data.synthetic import make_synthetic
     from lotus_pl.evaluation import datasets
     from lotus_pl.evaluation.normals import convert_normals
@@ -104,6 +105,7 @@ def data_main(args: list[str]) -> int | None:
 
     converters = {
         "synthetic": make_synthetic,
+        "synthetic-multiview": make_synthetic_multiview,
         "hypersim": make_hypersim,
         "vkitti": make_vkitti,
         "nyuv2": datasets.convert_nyuv2,
@@ -123,6 +125,7 @@ SUBCOMMANDS = {
     "eval-suite": ("lotus_pl.evaluation.suite", "suite_main"),
     "sweep": ("lotus_pl.sweep", "sweep_main"),
     "reconstruct": ("lotus_pl.reconstruct", "reconstruct_main"),
+    "fuse": ("lotus_pl.geometry.fuse", "fuse_main"),
     "export": ("lotus_pl.export", "export_main"),
     "prior": ("lotus_pl.prior.cli", "prior_main"),
 }

@@ -291,9 +291,10 @@ def test_obj_round_trip(tmp_path) -> None:
     np.testing.assert_array_equal(data.faces, faces)
     plain = read_obj(write_obj(tmp_path / "p.obj", vertices))
     assert plain.colors is None and plain.faces is None and len(plain.points) == 30
-    (tmp_path / "q.obj").write_text("v 0 0 0\nv 1 0 0\nv 0 1 0\nv 1 1 0\nf 1/1/1 2/2/2 3/3/3\nf 1 2 3 4\n")
-    with pytest.raises(ValueError, match=r"q\.obj: cannot read"):
-        read_obj(tmp_path / "q.obj")
+    # other writers' forms: v/t/n face indices, and a quad, which trimesh triangulates
+    (tmp_path / "q.obj").write_text("v 0 0 0\nv 1 0 0\nv 0 1 0\nv 1 1 0\nf 1/1/1 2/2/2 3/3/3\nf 1 2 4 3\n")
+    quad = read_obj(tmp_path / "q.obj")
+    assert len(quad.points) == 4 and len(quad.faces) == 3 and quad.faces.max() == 3
 
 
 # --- lotus_pl reconstruct ---------------------------------------------------------------

@@ -17,7 +17,7 @@ Conventions (the same everywhere in this module and in ``lotus_pl reconstruct``'
   fit both to a few metric points (:func:`align_to_sparse`, e.g. LiDAR) or map the prediction onto
   a guessed depth range (:func:`relative_to_depth`). Invalid or dropped pixels are NaN.
 
-The PLY / OBJ writers and readers live in :mod:`lotus_pl.plyobj` and are re-exported here.
+The PLY / OBJ writers and readers live in :mod:`lotus_pl.geometry.meshio` (plyfile, trimesh) and are re-exported here.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import torch
 from PIL import Image
 
 from lotus_pl.alignment import least_squares_scale_shift
-from lotus_pl.plyobj import GeometryData, as_uint8_colors, read_obj, read_ply, write_obj, write_ply
+from lotus_pl.geometry.meshio import GeometryData, as_uint8_colors, read_obj, read_ply, write_obj, write_ply
 
 __all__ = [
     "FRAME_COMMENT", "SPACES", "SPARSE_SUFFIXES", "GeometryData", "Intrinsics", "Mesh", "SparseFit",

@@ -1,0 +1,450 @@
+"""Making affine-ambiguous depth predictions of several posed views consistent.
+
+Lotus predicts each view's depth only up to a scale and a shift in the prediction's own space
+(``disparity``: metric disparity ``D = s * p + t``, depth ``1 / D``; ``depth``: depth ``s * p + t``).
+The aligners here find every view's ``(s, t)``; they are picked by ``class_path`` in ``lotus_pl fuse``:
+
+* :class:`SparsePointAlignment`: each view alone, fitted robustly (:func:`fit_sparse`) to the
+  sparse SfM points *observed in that view* (COLMAP's tracks say which), projected into it;
+* :class:`JointAlignment`: no sparse points; all views at once from their mutual overlaps. A pixel
+  of view i, lifted with i's depth and projected into view j, must land on j's surface:
+  ``r = z_j(X_i) / d_j(x') - 1 = 0``. Robust Gauss-Newton / Levenberg-Marquardt over the 2K
+  unknowns (analytic Jacobian through the bilinear lookup of ``p_j`` at ``x'``), trimming
+  occlusions and discontinuities (residuals beyond 3 robust sigmas). The poses' translations fix
+  the scale: metric poses give metric depth. ``gauge_view`` instead holds one view's ``(s, t)``
+  at its initial values (e.g. when the translations' scale is not trusted);
+* :class:`MetricDepth` (the inputs are metric already, e.g. ground truth) and :class:`RangeGuess`
+  (each view mapped onto a guessed near/far range, no 3D information).
+
+:func:`correspondences` and :func:`depth_consistency` are shared with the metrics: the latter is the
+multi-view depth-consistency figure (median relative disagreement of aligned depths reprojected
+between views, pooled over all view pairs).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from lotus_pl.geometry.cameras import CameraSet, PosedCamera
+from lotus_pl.geometry.single_view import SPACES, fit_sparse
+
+__all__ = [
+    "Aligner", "AlignmentView", "JointAlignment", "MetricDepth", "RangeGuess", "SparsePointAlignment", "ViewAlignment",
+    "apply_scale_shift", "correspondences", "depth_consistency", "sparse_depth_map",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AlignmentView:
+    """One view to align: its relative prediction ``[H, W]`` (``space``: "disparity", "depth" or
+    "metric" for metric depth), its camera at the prediction's size, and an optional valid mask."""
+
+    pred: np.ndarray
+    space: str
+    camera: PosedCamera
+    mask: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.space not in (*SPACES, "metric"):
+            raise ValueError(f"view {self.camera.name!r}: space must be one of {(*SPACES, 'metric')}, got {self.space!r}")
+        self.pred = np.asarray(self.pred, dtype=np.float64)
+        if self.pred.shape != (self.camera.height, self.camera.width):
+            raise ValueError(f"view {self.camera.name!r}: prediction is {self.pred.shape} but the camera is "
+                             f"{self.camera.height}x{self.camera.width}; use camera.at_size()")
+
+    @property
+    def valid(self) -> np.ndarray:
+        valid = np.isfinite(self.pred)
+        if self.space == "metric":
+            valid &= self.pred > 0
+        return valid if self.mask is None else valid & np.asarray(self.mask, dtype=bool)
+
+
+@dataclass
+class ViewAlignment:
+    """The per-view report: scale and shift in the prediction's space, how many points or
+    correspondences the fit used and kept, and its residual (relative depth error, median)."""
+
+    name: str
+    space: str
+    scale: float
+    shift: float
+    num_points: int
+    num_inliers: int
+    residual: float
+    method: str
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def apply_scale_shift(view: AlignmentView, scale: float, shift: float, max_depth: float | None = None) -> np.ndarray:
+    """Metric depth ``[H, W]`` of a view under ``(scale, shift)``, NaN where invalid, non-positive or beyond ``max_depth``."""
+    value = view.pred if view.space == "metric" else scale * view.pred + shift
+    with np.errstate(divide="ignore", invalid="ignore"):
+        depth = 1.0 / value if view.space == "disparity" else value
+        keep = view.valid & (value > 0) & np.isfinite(depth)
+        if max_depth is not None:
+            keep &= depth <= max_depth
+    return np.where(keep, depth, np.nan)
+
+
+# --------------------------------------------------------------------------- #
+# Correspondences between two views
+# --------------------------------------------------------------------------- #
+def _bilinear(values: np.ndarray, valid: np.ndarray, uv: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Bilinear lookup at pixel coordinates ``uv`` (centres at +0.5): value, d/du, d/dv and whether
+    all four neighbours are valid and inside."""
+    h, w = values.shape
+    x, y = uv[:, 0] - 0.5, uv[:, 1] - 0.5
+    with np.errstate(invalid="ignore"):
+        inside = np.isfinite(x) & np.isfinite(y) & (x >= 0) & (y >= 0) & (x <= w - 1) & (y <= h - 1)
+    x0 = np.clip(np.floor(np.where(inside, x, 0)).astype(np.int64), 0, max(w - 2, 0))
+    y0 = np.clip(np.floor(np.where(inside, y, 0)).astype(np.int64), 0, max(h - 2, 0))
+    a, b = np.where(inside, x - x0, 0.0), np.where(inside, y - y0, 0.0)
+    x1, y1 = np.minimum(x0 + 1, w - 1), np.minimum(y0 + 1, h - 1)
+    ok = inside & valid[y0, x0] & valid[y0, x1] & valid[y1, x0] & valid[y1, x1]
+    v = np.where(valid, values, 0.0)
+    p00, p10, p01, p11 = v[y0, x0], v[y0, x1], v[y1, x0], v[y1, x1]
+    value = (1 - a) * (1 - b) * p00 + a * (1 - b) * p10 + (1 - a) * b * p01 + a * b * p11
+    du = (1 - b) * (p10 - p00) + b * (p11 - p01)
+    dv = (1 - a) * (p01 - p00) + a * (p11 - p10)
+    return value, du, dv, ok
+
+
+def _samples(view: AlignmentView, max_samples: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel centres ``[N, 2]`` of a regular sub-grid of the valid pixels, and their flat indices."""
+    h, w = view.pred.shape
+    stride = max(1, int(np.ceil(np.sqrt(h * w / max_samples))))
+    vv, uu = np.mgrid[stride // 2:h:stride, stride // 2:w:stride]
+    flat = (vv * w + uu).ravel()
+    flat = flat[view.valid.ravel()[flat]]
+    return np.stack([flat % w + 0.5, flat // w + 0.5], axis=-1).astype(np.float64), flat
+
+
+@dataclass
+class _Pair:
+    """Precomputed geometry of view i's samples seen from view j: Y = A + B * d_i."""
+
+    i: int
+    j: int
+    flat: np.ndarray  # sample indices into view i
+    p_i: np.ndarray
+    A: np.ndarray  # [3] R_j^T (C_i - C_j)
+    B: np.ndarray  # [N, 3] R_j^T R_i ray
+
+
+def _pairs(views: list[AlignmentView], max_samples: int) -> list[_Pair]:
+    pairs = []
+    for i, vi in enumerate(views):
+        uv, flat = _samples(vi, max_samples)
+        k = vi.camera.intrinsics
+        rays = np.stack([(uv[:, 0] - k.cx) / k.fx, (uv[:, 1] - k.cy) / k.fy, np.ones(len(uv))], axis=-1)
+        for j, vj in enumerate(views):
+            if i == j:
+                continue
+            rj = vj.camera.rotation
+            pairs.append(_Pair(i, j, flat, vi.pred.ravel()[flat], rj.T @ (vi.camera.center - vj.camera.center),
+                               rays @ (rj.T @ vi.camera.rotation).T))
+    return pairs
+
+
+def _to_depth(space: str, value: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Depth and d depth / d value of the metric value in ``space``."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if space == "disparity":
+            return 1.0 / value, -1.0 / value**2
+        return value, np.ones_like(value)
+
+
+def _residuals(views: list[AlignmentView], pairs: list[_Pair], theta: np.ndarray, jacobian: bool = True):
+    """Relative residual ``z_j / d_j(x') - 1`` of every sample of every pair (NaN where undefined),
+    its Jacobian ``[M, 2K]`` (dense rows with 4 non-zeros) and the pair index of each row."""
+    rs, js, owner = [], [], []
+    for index, pair in enumerate(pairs):
+        vi, vj = views[pair.i], views[pair.j]
+        si, ti, sj, tj = theta[2 * pair.i], theta[2 * pair.i + 1], theta[2 * pair.j], theta[2 * pair.j + 1]
+        d_i, dd_dvalue = _to_depth(vi.space, si * pair.p_i + ti)
+        Y = pair.A + pair.B * d_i[:, None]
+        z = Y[:, 2]
+        k = vj.camera.intrinsics
+        with np.errstate(divide="ignore", invalid="ignore"):
+            uv = np.stack([k.fx * Y[:, 0] / z + k.cx, k.fy * Y[:, 1] / z + k.cy], axis=-1)
+        P, Pu, Pv, ok = _bilinear(vj.pred, vj.valid, uv)
+        D_j = sj * P + tj
+        with np.errstate(divide="ignore", invalid="ignore"):
+            if vj.space == "disparity":
+                h, dh = D_j, np.ones_like(D_j)
+            else:
+                h, dh = 1.0 / D_j, -1.0 / D_j**2
+            r = z * h - 1.0
+        ok &= (d_i > 0) & (z > 0) & (D_j > 0) & np.isfinite(r)
+        r = np.where(ok, r, np.nan)
+        rs.append(r)
+        owner.append(np.full(len(r), index))
+        if jacobian:
+            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+                du_dd = k.fx * (pair.B[:, 0] * z - Y[:, 0] * pair.B[:, 2]) / z**2
+                dv_dd = k.fy * (pair.B[:, 1] * z - Y[:, 1] * pair.B[:, 2]) / z**2
+                dr_dd = pair.B[:, 2] * h + z * dh * sj * (Pu * du_dd + Pv * dv_dd)
+            J = np.zeros((len(r), len(theta)))
+            J[:, 2 * pair.i] = dr_dd * dd_dvalue * pair.p_i
+            J[:, 2 * pair.i + 1] = dr_dd * dd_dvalue
+            J[:, 2 * pair.j] = z * dh * P
+            J[:, 2 * pair.j + 1] = z * dh
+            J[~ok] = 0.0
+            js.append(J)
+    r = np.concatenate(rs)
+    return r, (np.concatenate(js) if jacobian else None), np.concatenate(owner)
+
+
+def correspondences(views: list[AlignmentView], theta: np.ndarray, max_samples: int = 4000) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]]]:
+    """Residual of every sample, its (source, target) pair index and the list of pairs, at ``theta``
+    (``[2K]``: scale, shift per view). Residuals are NaN where a sample has no counterpart."""
+    pairs = _pairs(views, max_samples)
+    r, _, owner = _residuals(views, pairs, theta, jacobian=False)
+    return r, owner, [(p.i, p.j) for p in pairs]
+
+
+def depth_consistency(views: list[AlignmentView], theta: np.ndarray | None = None, max_samples: int = 4000,
+                      min_overlap: int = 20) -> float:
+    """Multi-view depth consistency: the median of ``|z_j(X_i) / d_j(x') - 1|`` over every sample of
+    every ordered view pair (pairs with at least ``min_overlap`` common samples); 0 for perfectly
+    consistent depths. A point that view j sees occluded counts as disagreement, and the median
+    over all pairs pooled keeps that (usually small) share from deciding the figure."""
+    theta = theta if theta is not None else np.tile([1.0, 0.0], len(views))
+    # compare in disparity, which is bilinear-exact on planes: metric depth d -> disparity 1/d
+    as_disparity = []
+    for k, v in enumerate(views):
+        depth = apply_scale_shift(v, theta[2 * k], theta[2 * k + 1])
+        as_disparity.append(AlignmentView(1.0 / depth, "disparity", v.camera, v.mask))
+    r, owner, pairs = correspondences(as_disparity, np.tile([1.0, 0.0], len(views)), max_samples)
+    pooled = []
+    for index in range(len(pairs)):
+        values = np.abs(r[owner == index])
+        values = values[np.isfinite(values)]
+        if len(values) >= min_overlap:
+            pooled.append(values)
+    if not pooled:
+        raise ValueError("no two views overlap: the depth consistency is undefined")
+    return float(np.median(np.concatenate(pooled)))
+
+
+# --------------------------------------------------------------------------- #
+# Aligners
+# --------------------------------------------------------------------------- #
+class Aligner:
+    """Finds each view's scale and shift; :meth:`align` returns one :class:`ViewAlignment` per view."""
+
+    def align(self, views: list[AlignmentView], cameras: CameraSet) -> list[ViewAlignment]:
+        raise NotImplementedError
+
+
+class MetricDepth(Aligner):
+    """The inputs are metric depth already (ground truth, or a metric model): nothing to fit."""
+
+    def align(self, views: list[AlignmentView], cameras: CameraSet) -> list[ViewAlignment]:
+        for v in views:
+            if v.space != "metric":
+                raise ValueError(f"view {v.camera.name!r}: MetricDepth needs metric depth, the prediction is relative {v.space}")
+        return [ViewAlignment(v.camera.name, "metric", 1.0, 0.0, int(v.valid.sum()), int(v.valid.sum()), 0.0, "metric")
+                for v in views]
+
+
+@dataclass
+class RangeGuess(Aligner):
+    """Each view mapped onto a guessed ``near``..``far`` metre range (as ``lotus_pl reconstruct``
+    without sparse points): no fit, no multi-view information."""
+
+    near: float = 1.0
+    far: float = 10.0
+
+    def scale_shift(self, space: str) -> tuple[float, float]:
+        if space == "disparity":
+            return 1.0 / self.near - 1.0 / self.far, 1.0 / self.far
+        return self.far - self.near, self.near
+
+    def align(self, views: list[AlignmentView], cameras: CameraSet) -> list[ViewAlignment]:
+        return [ViewAlignment(v.camera.name, v.space, *self.scale_shift(v.space), 0, 0, float("nan"), "range guess")
+                for v in views]
+
+
+def sparse_depth_map(camera: PosedCamera, points: np.ndarray) -> np.ndarray:
+    """``[H, W]`` depth of world ``points`` projected into ``camera`` (nearest per pixel, NaN elsewhere)."""
+    uv, z = camera.project(points)
+    u, v = np.floor(uv[:, 0]), np.floor(uv[:, 1])
+    inside = (z > 0) & (u >= 0) & (u < camera.width) & (v >= 0) & (v < camera.height)
+    nearest = np.full(camera.height * camera.width, np.inf)
+    np.minimum.at(nearest, (v[inside] * camera.width + u[inside]).astype(np.int64), z[inside])
+    return np.where(np.isfinite(nearest), nearest, np.nan).reshape(camera.height, camera.width)
+
+
+@dataclass
+class SparsePointAlignment(Aligner):
+    """Each view fitted to the sparse 3D points observed in it (COLMAP's tracks), projected into
+    the view, robustly and in the prediction's own space (:func:`fit_sparse`)."""
+
+    min_points: int = 10
+    robust: bool = True
+
+    def align(self, views: list[AlignmentView], cameras: CameraSet) -> list[ViewAlignment]:
+        if cameras.sparse is None:
+            raise ValueError(f"{cameras.source}: no sparse points (SparsePointAlignment needs a COLMAP model with "
+                             f"points3D; use JointAlignment without them)")
+        out = []
+        for v in views:
+            if v.space == "metric":
+                raise ValueError(f"view {v.camera.name!r} is metric already: use MetricDepth")
+            points = cameras.sparse.in_view(v.camera.name)
+            try:
+                fit = fit_sparse(v.pred, v.space, sparse_depth_map(v.camera, points), v.mask, self.min_points, self.robust)
+            except ValueError as exc:
+                raise ValueError(f"view {v.camera.name!r} ({len(points)} observed sparse points): {exc}") from exc
+            out.append(ViewAlignment(v.camera.name, v.space, fit.scale, fit.shift, fit.num_points, fit.num_inliers,
+                                     fit.abs_rel, "sparse points"))
+        return out
+
+
+@dataclass
+class JointAlignment(Aligner):
+    """All views' scales and shifts at once from reprojected correspondences (module docstring).
+
+    Args:
+        max_samples: pixels sampled per view (a regular sub-grid).
+        init_near: initial guess of the near end of every view's range (metres), before the global
+            scale search; the result does not depend on it unless the search range misses.
+        init_far: ... and of the far end.
+        scale_search: the initial global depth scale is searched over this factor either way.
+        gauge_view: hold this view's (scale, shift) at its initial values (index); None: the poses'
+            translations set the scale.
+        outlier_sigmas: correspondences with residuals beyond this many robust sigmas are trimmed...
+        initial_cut: ... but never those within this relative residual, a floor that shrinks by
+            ``cut_decay`` every iteration: trimming to a few sigmas from the start would lock onto
+            the correspondences that happen to agree with a wrong initial scale.
+        cut_decay: the floor's factor per iteration.
+        iterations: most Gauss-Newton iterations.
+        min_overlap: fewest correspondences a view needs with the others.
+    """
+
+    max_samples: int = 3000
+    init_near: float = 1.0
+    init_far: float = 10.0
+    scale_search: float = 30.0
+    gauge_view: int | None = None
+    outlier_sigmas: float = 3.0
+    initial_cut: float = 0.1
+    cut_decay: float = 0.5
+    iterations: int = 80
+    min_overlap: int = 50
+
+    def initial(self, views: list[AlignmentView], pairs: list[_Pair]) -> np.ndarray:
+        guess = RangeGuess(self.init_near, self.init_far)
+        base = np.concatenate([guess.scale_shift(v.space) for v in views])
+        best, best_cost = base, np.inf
+        for factor in np.geomspace(1 / self.scale_search, self.scale_search, 41):
+            theta = base.copy()
+            for k, v in enumerate(views):  # depth x factor: disparity / factor, depth * factor
+                theta[2 * k:2 * k + 2] *= (1 / factor) if v.space == "disparity" else factor
+            r, _, _ = _residuals(views, pairs, theta, jacobian=False)
+            # samples without a counterpart count as a bad residual, or depths that push every
+            # correspondence out of frame would look consistent
+            cost = float(np.mean(np.where(np.isfinite(r), np.minimum(np.abs(r), 0.5), 0.5)))
+            if cost < best_cost:
+                best, best_cost = theta, cost
+        return best
+
+    def solve(self, views: list[AlignmentView], init: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``theta`` ``[2K]`` (scale, shift per view), the final residuals and their inlier mask."""
+        for v in views:
+            if v.space == "metric":
+                raise ValueError(f"view {v.camera.name!r} is metric already: use MetricDepth")
+        if len(views) < 2:
+            raise ValueError("the joint alignment needs at least two views")
+        pairs = _pairs(views, self.max_samples)
+        theta = np.asarray(init, dtype=np.float64).copy() if init is not None else self.initial(views, pairs)
+        free = np.ones(len(theta), dtype=bool)
+        if self.gauge_view is not None:
+            if not 0 <= self.gauge_view < len(views):
+                raise ValueError(f"gauge_view {self.gauge_view} is not a view index (0..{len(views) - 1})")
+            free[2 * self.gauge_view:2 * self.gauge_view + 2] = False
+        damping = 1e-6
+
+        def trimmed_cost(r: np.ndarray, cut: float) -> float:
+            r = np.where(np.isfinite(r), np.minimum(r**2, cut**2), cut**2)
+            return float(r.sum())
+
+        for iteration in range(self.iterations):
+            r, J, _ = _residuals(views, pairs, theta)
+            finite = np.isfinite(r)
+            sigma = 1.4826 * float(np.median(np.abs(r[finite]))) if finite.any() else 0.0
+            floor = self.initial_cut * self.cut_decay**iteration
+            cut = max(self.outlier_sigmas * sigma, floor, 1e-12)
+            inlier = finite & (np.abs(np.where(finite, r, np.inf)) <= cut)
+            self._check_overlap(views, pairs, inlier)
+            Jw, rw = J[inlier][:, free], r[inlier]
+            H, g = Jw.T @ Jw, Jw.T @ rw
+            cost = trimmed_cost(r, cut)
+            step_taken = False
+            for _ in range(12):
+                A = H + damping * np.diag(np.maximum(np.diag(H), 1e-12))
+                delta = np.zeros_like(theta)
+                delta[free] = -np.linalg.solve(A, g)
+                trial = theta + delta
+                r_trial, _, _ = _residuals(views, pairs, trial, jacobian=False)
+                if trimmed_cost(r_trial, cut) <= cost:
+                    theta, damping, step_taken = trial, max(damping / 10, 1e-12), True
+                    break
+                damping *= 10
+            small = not step_taken or np.max(np.abs(delta) / np.maximum(np.abs(theta), 1e-12)) < 1e-13
+            if small and floor <= max(self.outlier_sigmas * sigma, 1e-12):
+                break  # converged, and the floor no longer widens the trimming
+        r, _, owner = _residuals(views, pairs, theta, jacobian=False)
+        finite = np.isfinite(r)
+        sigma = 1.4826 * float(np.median(np.abs(r[finite]))) if finite.any() else 0.0
+        inlier = finite & (np.abs(np.where(finite, r, np.inf)) <= max(self.outlier_sigmas * sigma, 1e-12))
+        self._check_overlap(views, pairs, inlier)
+        self._last = (r, owner, pairs)
+        return theta, r, inlier
+
+    def _check_overlap(self, views: list[AlignmentView], pairs: list[_Pair], inlier: np.ndarray) -> None:
+        """Raise naming the views that share too few correspondences with the rest."""
+        counts = np.zeros((len(views), len(views)), dtype=np.int64)
+        start = 0
+        for pair in pairs:
+            n = len(pair.flat)
+            counts[pair.i, pair.j] = int(inlier[start:start + n].sum())
+            start += n
+        linked = (counts + counts.T) >= self.min_overlap
+        alone = [views[k].camera.name for k in range(len(views)) if not linked[k].any()]
+        if alone:
+            raise ValueError(f"view(s) {alone} overlap no other view (fewer than min_overlap={self.min_overlap} "
+                             f"correspondences): their depth cannot be aligned jointly; are the poses right?")
+        seen, frontier = {0}, [0]  # connected components of the overlap graph
+        while frontier:
+            k = frontier.pop()
+            for m in np.nonzero(linked[k])[0]:
+                if int(m) not in seen:
+                    seen.add(int(m))
+                    frontier.append(int(m))
+        if len(seen) < len(views):
+            rest = [views[k].camera.name for k in range(len(views)) if k not in seen]
+            raise ValueError(f"the views split into groups that do not overlap: {rest} share no correspondences with "
+                             f"{[views[k].camera.name for k in sorted(seen)]}")
+
+    def align(self, views: list[AlignmentView], cameras: CameraSet) -> list[ViewAlignment]:
+        theta, r, inlier = self.solve(views)
+        _, owner, pairs = self._last
+        out = []
+        for k, v in enumerate(views):
+            mine = np.isin(owner, [index for index, p in enumerate(pairs) if p.i == k])
+            valid = mine & np.isfinite(r)
+            kept = mine & inlier
+            residual = float(np.median(np.abs(r[kept]))) if kept.any() else float("nan")
+            out.append(ViewAlignment(v.camera.name, v.space, float(theta[2 * k]), float(theta[2 * k + 1]),
+                                     int(valid.sum()), int(kept.sum()), residual, "joint"))
+        return out

@@ -1,0 +1,317 @@
+"""Multi-view reconstruction: cameras and pose files, alignment, TSDF fusion, metrics, CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import open3d as o3d  # the .[3d] extra, which the test command installs: missing, these tests fail, not skip
+import pycolmap
+import pytest
+from PIL import Image
+
+from lotus_pl.data.multiview import WalkThrough, posed_camera, render_sequence, surface_distance, world_points
+from lotus_pl.data.renderer import Box, Camera, Plane, Scene, Sphere, Texture, render
+from lotus_pl.geometry import Intrinsics
+from lotus_pl.geometry.cameras import (
+    CameraSet,
+    PosedCamera,
+    SparsePoints,
+    read_cameras_json,
+    read_colmap,
+    read_poses,
+    read_transforms,
+    write_cameras_json,
+    write_colmap_text,
+    write_transforms,
+)
+from lotus_pl.geometry.multiview_align import (
+    AlignmentView,
+    JointAlignment,
+    SparsePointAlignment,
+    apply_scale_shift,
+    depth_consistency,
+)
+from lotus_pl.geometry.recon_metrics import reconstruction_metrics
+
+
+def planar_scene() -> Scene:
+    """A room of planes and boxes only: bilinear disparity lookups are exact on it."""
+    checker = Texture("checker", (0.8, 0.3, 0.2), (0.2, 0.3, 0.8), 0.5)
+    return Scene([
+        Plane((0, 0, 0), (0, 1, 0), checker), Plane((0, 0, -8), (0, 0, 1), checker),
+        Plane((-3, 0, 0), (1, 0, 0), checker), Plane((3, 0, 0), (-1, 0, 0), checker),
+        Plane((0, 3.2, 0), (0, -1, 0), checker),
+        Box((-1.5, 0, -5), (-0.5, 1.2, -4), checker), Box((0.6, 0, -4), (1.4, 0.7, -3.2), checker),
+    ])
+
+
+def rig_views(scene: Scene, num_views: int = 4, height: int = 48, width: int = 64):
+    cams = WalkThrough(num_views=num_views, sidestep=1.2, forward=0.5).cameras(
+        Camera((0.0, 1.5, 0.0), 0.0, -12.0, 60.0), np.random.default_rng(0))
+    views = [render(scene, c, height, width) for c in cams]
+    return [posed_camera(f"view_{i:02d}.png", c, v) for i, (c, v) in enumerate(zip(cams, views))], views
+
+
+# --- fusion ---------------------------------------------------------------------------
+
+
+def test_exact_depth_fuses_to_its_surface_within_one_voxel() -> None:
+    from lotus_pl.geometry.fusion import TSDFFusion
+
+    scene = planar_scene()
+    scene.primitives.append(Sphere((-0.2, 0.5, -2.8), 0.5))
+    cameras, views = rig_views(scene, 5)
+    result = TSDFFusion(resolution=96).fuse([v.depth for v in views], cameras,
+                                            normals=[-v.normal for v in views])  # project frame -> OpenCV
+    vertices = np.asarray(result.mesh.vertices)
+    distance = surface_distance(scene, vertices)
+    assert len(vertices) > 2000
+    assert np.percentile(distance, 99) < result.voxel_size, (np.percentile(distance, 99), result.voxel_size)
+    assert np.median(distance) < 0.25 * result.voxel_size
+    # and it covers what the cameras see: (almost) every visible pixel's surface point is near the mesh
+    truth = np.concatenate([world_points(v, c.cam_to_world)[0] for v, c in zip(views, cameras)])
+    assert reconstruction_metrics(vertices, truth, tau=result.voxel_size)["recall"] > 0.98
+
+
+def test_fusion_errors_name_the_view() -> None:
+    from lotus_pl.geometry.fusion import TSDFFusion
+
+    cameras, views = rig_views(planar_scene(), 2)
+    nan = [np.full_like(v.depth, np.nan) for v in views]
+    with pytest.raises(ValueError, match="no valid depth in any of the 2 views"):
+        TSDFFusion().fuse(nan, cameras)
+    far = [views[0].depth, np.full_like(views[1].depth, 50.0)]
+    with pytest.raises(ValueError, match="view 'view_01.png': no usable depth"):
+        TSDFFusion(max_depth=20.0).fuse(far, cameras)
+    with pytest.raises(ValueError, match=r"view 'view_00.png': depth is 10x10 \(HxW\) but its camera is 48x64"):
+        TSDFFusion().fuse([np.ones((10, 10)), views[1].depth], cameras)
+    # an empty volume: the depth maps are valid but two voxels span the scene, so no surface crossing
+    with pytest.raises(ValueError, match="the TSDF volume of 2 views .* is empty"):
+        TSDFFusion(voxel_size=100.0, trunc_voxels=0.01).fuse([v.depth for v in views], cameras)
+
+
+# --- alignment ------------------------------------------------------------------------
+
+
+def affine_views(cameras, views, space: str, rng):
+    truth, out = [], []
+    for cam, view in zip(cameras, views):
+        depth = view.depth.astype(np.float64)
+        scale, shift = rng.uniform(0.5, 2.0), rng.uniform(-0.05, 0.05)
+        if space == "disparity":
+            pred = np.where(depth > 0, (1.0 / np.where(depth > 0, depth, 1.0) - shift) / scale, np.nan)
+        else:
+            scale, shift = rng.uniform(2, 8), rng.uniform(-0.5, 0.5)
+            pred = np.where(depth > 0, (depth - shift) / scale, np.nan)
+        out.append(AlignmentView(pred, space, cam))
+        truth += [scale, shift]
+    return out, np.array(truth)
+
+
+def test_joint_solve_recovers_known_scales_and_shifts() -> None:
+    cameras, views = rig_views(planar_scene(), 4)
+    aligned, truth = affine_views(cameras, views, "disparity", np.random.default_rng(3))
+    theta, residual, inlier = JointAlignment(max_samples=800).solve(aligned)
+    np.testing.assert_allclose(theta, truth, rtol=1e-6, atol=1e-7)
+    assert inlier.mean() > 0.3 and np.median(np.abs(residual[inlier])) < 1e-6
+    depths = [apply_scale_shift(v, theta[2 * k], theta[2 * k + 1]) for k, v in enumerate(aligned)]
+    np.testing.assert_allclose(np.nan_to_num(depths[0]), views[0].depth, rtol=1e-5)
+    assert depth_consistency(aligned, theta) < 1e-6
+    # the gauge: one view held at given values, the rest solved relative to it
+    init = truth.copy()
+    init[2:] *= 1.05
+    gauged = JointAlignment(max_samples=800, gauge_view=0).solve(aligned, init)[0]
+    assert gauged[:2].tolist() == truth[:2].tolist()
+    np.testing.assert_allclose(gauged, truth, rtol=1e-6, atol=1e-7)
+
+
+def test_joint_solve_in_depth_space() -> None:
+    # Depth-space predictions: the bilinear lookup of depth between pixel centres is not exact on a
+    # plane (disparity is), so the recovery is close but not to 1e-6.
+    cameras, views = rig_views(planar_scene(), 4)
+    aligned, truth = affine_views(cameras, views, "depth", np.random.default_rng(3))
+    theta = JointAlignment(max_samples=800).solve(aligned)[0]
+    np.testing.assert_allclose(theta[0::2], truth[0::2], rtol=2e-3)
+
+
+def test_joint_solve_refuses_views_that_do_not_overlap() -> None:
+    scene = planar_scene()
+    cams = [Camera((0.0, 1.5, -1.0), 0.0, -10.0, 50.0), Camera((0.0, 1.5, -1.0), 180.0, -10.0, 50.0),
+            Camera((0.3, 1.5, -1.0), 5.0, -10.0, 50.0)]
+    views = [render(scene, c, 32, 40) for c in cams]
+    posed = [posed_camera(f"v{i}.png", c, v) for i, (c, v) in enumerate(zip(cams, views))]
+    aligned = [AlignmentView(1.0 / v.depth.astype(np.float64), "disparity", p) for v, p in zip(views, posed)]
+    with pytest.raises(ValueError, match=r"view\(s\) \['v1.png'\] overlap no other view"):
+        JointAlignment(max_samples=300, iterations=5).solve(aligned)
+
+
+def test_sparse_point_alignment_uses_the_observed_points() -> None:
+    cameras, views = rig_views(planar_scene(), 3)
+    aligned, truth = affine_views(cameras, views, "disparity", np.random.default_rng(5))
+    points = np.concatenate([world_points(v, c.cam_to_world)[0][::40] for v, c in zip(views, cameras)])
+    observed = {c.name: np.arange(len(points)) for c in cameras}
+    observed["view_02.png"] = np.zeros(0, dtype=np.int64)  # observes nothing: named in the error
+    rig = CameraSet(cameras, SparsePoints(points, observed), "test rig")
+    with pytest.raises(ValueError, match=r"view 'view_02.png' \(0 observed sparse points\)"):
+        SparsePointAlignment().align(aligned, rig)
+    report = SparsePointAlignment().align(aligned[:2], rig)
+    for k, row in enumerate(report):
+        # the points project off pixel centres, so the fit is close, not exact
+        assert row.scale == pytest.approx(truth[2 * k], rel=0.02) and row.num_inliers >= 10 and row.residual < 0.02
+
+
+# --- cameras and pose files ---------------------------------------------------------------
+
+
+def random_rig(rng, num: int = 3) -> CameraSet:
+    cameras = []
+    for i in range(num):
+        q = rng.normal(size=4)
+        q /= np.linalg.norm(q)
+        w, x, y, z = q
+        rot = np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+                        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+                        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
+        pose = np.eye(4)
+        pose[:3, :3], pose[:3, 3] = rot, rng.normal(size=3) * 3
+        cameras.append(PosedCamera(f"img_{i}.jpg", 64 + 16 * i, 48, Intrinsics(*rng.uniform(40, 80, 2), 32.0 + i, 24.5), pose))
+    points = rng.normal(size=(20, 3))
+    return CameraSet(cameras, SparsePoints(points, {c.name: np.arange(i, 20, 2) for i, c in enumerate(cameras)}), "rig")
+
+
+def test_colmap_text_binary_and_transforms_give_the_same_cameras(tmp_path) -> None:
+    rig = random_rig(np.random.default_rng(0))
+    write_colmap_text(tmp_path / "text", rig)
+    pycolmap.Reconstruction(str(tmp_path / "text")).write_binary(str((tmp_path / "bin").mkdir() or tmp_path / "bin"))
+    write_transforms(tmp_path / "transforms.json", rig)
+    write_cameras_json(tmp_path / "cameras.json", rig)
+    sources = [read_colmap(tmp_path / "text"), read_colmap(tmp_path / "bin"), read_transforms(tmp_path / "transforms.json"),
+               read_poses(tmp_path / "cameras.json"), read_poses(tmp_path / "text")]
+    probe = np.random.default_rng(1).normal(size=(30, 3))
+    for source in sources:
+        assert [c.name for c in source.cameras] == [c.name for c in rig.cameras]
+        for got, want in zip(source.cameras, rig.cameras):
+            np.testing.assert_allclose(got.cam_to_world, want.cam_to_world, atol=1e-9)
+            assert (got.width, got.height) == (want.width, want.height)
+            np.testing.assert_allclose([got.intrinsics.fx, got.intrinsics.fy, got.intrinsics.cx, got.intrinsics.cy],
+                                       [want.intrinsics.fx, want.intrinsics.fy, want.intrinsics.cx, want.intrinsics.cy])
+            np.testing.assert_allclose(got.project(probe)[0], want.project(probe)[0], atol=1e-6)  # by reprojection
+    for colmap in sources[:2]:  # the sparse points and which images observe them
+        np.testing.assert_allclose(np.sort(colmap.sparse.xyz, axis=0), np.sort(rig.sparse.xyz, axis=0))
+        for cam in rig.cameras:
+            got = {tuple(np.round(p, 9)) for p in colmap.sparse.in_view(cam.name)}
+            assert got == {tuple(np.round(p, 9)) for p in rig.sparse.in_view(cam.name)}
+
+
+def test_transforms_json_is_opengl_and_instant_ngp_angles(tmp_path) -> None:
+    # A camera at the origin looking down world -z in OpenGL is the identity transform; a point at
+    # z = -2 is 2 m in front of it, at the principal point.
+    meta = {"camera_angle_x": 2 * math.atan(32 / 50), "w": 64, "h": 48,
+            "frames": [{"file_path": "./images/a", "transform_matrix": np.eye(4).tolist()}]}
+    (tmp_path / "transforms.json").write_text(json.dumps(meta))
+    cam = read_transforms(tmp_path / "transforms.json").cameras[0]
+    assert cam.intrinsics.fx == pytest.approx(50) and cam.stem == "a"
+    uv, z = cam.project(np.array([[0.0, 0.0, -2.0], [0.2, 0.1, -2.0]]))
+    np.testing.assert_allclose(z, [2, 2])
+    np.testing.assert_allclose(uv, [[32, 24], [32 + 5, 24 - 2.5]])  # world up = image up
+
+
+def test_non_pinhole_models_are_refused_by_name(tmp_path) -> None:
+    rig = random_rig(np.random.default_rng(2), 1)
+    write_colmap_text(tmp_path, rig)
+    text = (tmp_path / "cameras.txt").read_text()
+    (tmp_path / "cameras.txt").write_text(text.replace("PINHOLE 64 48", "OPENCV 64 48").replace("\n1 OPENCV", "\n1 OPENCV")
+                                          .rstrip("\n") + " 0.1 0 0 0\n")
+    with pytest.raises(ValueError, match="camera model OPENCV is not a pinhole .* undistort"):
+        read_colmap(tmp_path)
+    (tmp_path / "cameras.txt").write_text(text.rstrip("\n").replace("PINHOLE", "OPENCV") + " 0 0 0 0\n")
+    assert read_colmap(tmp_path).cameras[0].intrinsics == rig.cameras[0].intrinsics  # zero distortion is a pinhole
+    meta = {"fl_x": 50, "w": 64, "h": 48, "k1": 0.2, "frames": [{"file_path": "a.png", "transform_matrix": np.eye(4).tolist()}]}
+    (tmp_path / "t.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"t.json: frames\[0\]: camera model OPENCV with distortion"):
+        read_transforms(tmp_path / "t.json")
+
+
+def test_camera_sizes_and_missing_poses(tmp_path) -> None:
+    rig = random_rig(np.random.default_rng(3), 2)
+    cam = rig.cameras[0]
+    assert cam.at_size(96, 128).intrinsics.fx == pytest.approx(2 * cam.intrinsics.fx)
+    with pytest.raises(ValueError, match=r"view 'img_0.jpg': the prediction is 40x64 \(HxW\) but its intrinsics are for 48x64"):
+        cam.at_size(40, 64, what="the prediction")
+    with pytest.raises(KeyError, match="no pose for the image 'img_9' in rig"):
+        rig.by_stem("img_9")
+
+
+# --- metrics --------------------------------------------------------------------------
+
+
+def test_reconstruction_metrics_on_known_offsets() -> None:
+    rng = np.random.default_rng(0)
+    truth = np.stack([rng.uniform(0, 1, 5000), rng.uniform(0, 1, 5000), np.zeros(5000)], axis=1)
+    up = np.tile([0.0, 0.0, 1.0], (5000, 1))
+    shifted = truth + [0, 0, 0.01]
+    m = reconstruction_metrics(shifted, truth, tau=0.02, normals=up, truth_normals=up)
+    assert m["accuracy"] == pytest.approx(0.01) and m["completeness"] == pytest.approx(0.01)
+    assert m["chamfer_l1"] == pytest.approx(0.01) and m["fscore"] == 1.0 and m["normal_consistency"] == pytest.approx(1.0)
+    assert reconstruction_metrics(shifted, truth, tau=0.005)["fscore"] == 0.0
+    half = reconstruction_metrics(truth[:2500], truth, tau=1e-9, normals=up[:2500], truth_normals=np.tile([1.0, 0, 0], (5000, 1)))
+    assert half["precision"] == 1.0 and 0.4 < half["recall"] < 0.6 and half["normal_consistency"] == pytest.approx(0.0)
+
+
+# --- data and CLI ---------------------------------------------------------------------
+
+
+def test_synthetic_multiview_sequence_and_fuse_cli(tmp_path, capsys) -> None:
+    from lotus_pl.cli import main
+
+    main(["data", "synthetic-multiview", "--out", str(tmp_path / "mv"), "--num_scenes", "1", "--num_views", "3",
+          "--height", "36", "--width", "48", "--num_sparse", "60"])
+    scene = tmp_path / "mv" / "scene_000"
+    manifest = json.loads((tmp_path / "mv" / "manifest.json").read_text())
+    assert manifest["scenes"][0]["views"] == 3 and manifest["size"] == [36, 48]
+    assert sorted(p.name for p in (scene / "images").iterdir()) == ["view_00.png", "view_01.png", "view_02.png"]
+    surface = np.load(scene / "surface.npz")
+    assert surface["points"].shape == surface["normals"].shape and len(surface["points"]) > 1000
+    colmap = read_colmap(scene / "colmap")
+    cams = read_cameras_json(scene / "cameras.json")
+    for a, b in zip(colmap.cameras, cams.cameras):
+        np.testing.assert_allclose(a.cam_to_world, b.cam_to_world, atol=1e-9)
+    # the exact depth of the views agrees where they overlap (the poses are right)
+    gt = [AlignmentView(np.load(scene / "depth" / f"{c.stem}_depth.npy").astype(np.float64), "metric", c) for c in cams.cameras]
+    assert depth_consistency(gt) < 1e-3
+
+    main(["fuse", "--predictions", str(scene / "depth"), "--poses", str(scene / "transforms.json"),
+          "--out", str(tmp_path / "gt"), "--images", str(scene / "images"), "--resolution", "64", "--progress", "false"])
+    report = json.loads((tmp_path / "gt" / "report.json").read_text())
+    assert report["alignment"] == "MetricDepth" and len(report["views"]) == 3
+    mesh = o3d.io.read_triangle_mesh(str(tmp_path / "gt" / "mesh.ply"))
+    assert len(mesh.triangles) == report["mesh"]["triangles"] > 100 and mesh.has_vertex_colors()
+    out = capsys.readouterr().out
+    assert "view_02.png" in out and "multi-view depth consistency" in out
+
+    # relative disparity predictions aligned to the COLMAP points (the default with sparse points)
+    pred_dir = tmp_path / "pred"
+    pred_dir.mkdir()
+    for k, cam in enumerate(cams.cameras):
+        depth = np.load(scene / "depth" / f"{cam.stem}_depth.npy")
+        np.save(pred_dir / f"{cam.stem}_depth.npy", np.where(depth > 0, (1 / np.maximum(depth, 1e-6) - 0.01 * k) / (0.5 + k), 0))
+        (pred_dir / f"{cam.stem}_depth.json").write_text(json.dumps({"space": "disparity"}))
+    main(["fuse", "--predictions", str(pred_dir), "--poses", str(scene / "colmap"), "--out", str(tmp_path / "sp"),
+          "--resolution", "64", "--progress", "false", "--mesh_format", "obj"])
+    report = json.loads((tmp_path / "sp" / "report.json").read_text())
+    assert report["alignment"] == "SparsePointAlignment" and (tmp_path / "sp" / "mesh.obj").is_file()
+    for k, row in enumerate(report["views"]):
+        assert row["scale"] == pytest.approx(0.5 + k, rel=0.03)
+
+    # a prediction without a pose, and an image whose size contradicts the intrinsics
+    np.save(pred_dir / "stray_depth.npy", np.ones((36, 48)))
+    (pred_dir / "stray_depth.json").write_text(json.dumps({"space": "disparity"}))
+    with pytest.raises(KeyError, match=r"stray_depth.npy: no pose for the image 'stray'"):
+        main(["fuse", "--predictions", str(pred_dir), "--poses", str(scene / "cameras.json"), "--out", str(tmp_path / "x")])
+    (pred_dir / "stray_depth.npy").unlink()
+    Image.new("RGB", (40, 36)).save(scene / "images" / "view_01.png")
+    with pytest.raises(ValueError, match=r"view_01.png: the image is 36x40 \(HxW\) but the intrinsics of view 'view_01.png'"):
+        main(["fuse", "--predictions", str(scene / "depth"), "--poses", str(scene / "cameras.json"),
+              "--out", str(tmp_path / "x"), "--images", str(scene / "images")])
