@@ -71,6 +71,7 @@ def data_main(args: list[str]) -> int | None:
         from lotus_pl.data.manifest import verify_main
 
         return verify_main(args[1:])  # main() exits with it
+    from lotus_pl.data.folder import make_folder
     from lotus_pl.data.hypersim import make_hypersim
     from lotus_pl.data.vkitti import make_vkitti
 
@@ -78,6 +79,7 @@ def data_main(args: list[str]) -> int | None:
         "synthetic": make_synthetic,
         "hypersim": make_hypersim,
         "vkitti": make_vkitti,
+        "folder": make_folder,
         "nyuv2": datasets.convert_nyuv2,
         "kitti": datasets.convert_kitti,
         "eth3d": datasets.convert_eth3d,
