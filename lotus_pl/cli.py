@@ -10,7 +10,8 @@ benchmarks); ``lotus_pl eval-suite ...`` evaluates a model on every benchmark of
 (:mod:`lotus_pl.evaluation.suite`); ``lotus_pl sweep ...`` expands, runs and
 collects ablation sweeps (:mod:`lotus_pl.sweep`); ``lotus_pl reconstruct ...`` turns predicted depth
 into point clouds and meshes (:mod:`lotus_pl.reconstruct`); ``lotus_pl export ...`` writes a trained
-model as a diffusers folder in the layout of the Lotus releases (:mod:`lotus_pl.export`).
+model as a diffusers folder in the layout of the Lotus releases (:mod:`lotus_pl.export`); ``lotus_pl demo ...``
+serves a local web page to try a model on photos and videos (:mod:`lotus_pl.demo`).
 """
 
 from __future__ import annotations
@@ -98,6 +99,7 @@ SUBCOMMANDS = {
     "sweep": ("lotus_pl.sweep", "sweep_main"),
     "reconstruct": ("lotus_pl.reconstruct", "reconstruct_main"),
     "export": ("lotus_pl.export", "export_main"),
+    "demo": ("lotus_pl.demo.app", "demo_main"),
 }
 
 
