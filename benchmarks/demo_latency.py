@@ -32,7 +32,7 @@ def main() -> None:
     parser.add_argument("--config", default=str(ROOT / "experiments" / "quickstart.yaml"))
     parser.add_argument("--ckpt_path", default=None)
     parser.add_argument("--resolution", type=int, default=768)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--json", default=str(ROOT / "docs" / "benchmarks" / "demo_latency.json"))
     parser.add_argument("--screenshot", default=str(ROOT / "docs" / "demo.png"))
     args = parser.parse_args()
@@ -64,7 +64,7 @@ def main() -> None:
                allowed_paths=[str(predictor.out_dir)])
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1400,1000"):
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1400,1500"):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=webdriver.ChromeService(executable_path=shutil.which("chromedriver")), options=options)
     page = []
@@ -81,7 +81,9 @@ def main() -> None:
             before = driver.find_element(By.CSS_SELECTOR, "#status").text
             start = time.perf_counter()
             driver.find_element(By.CSS_SELECTOR, "#predict").click()
-            wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#status").text not in ("", before)
+            # done: a new status line (it carries the run's own time), no progress overlay left
+            wait.until(lambda d: (text := d.find_element(By.CSS_SELECTOR, "#status").text) != before
+                       and "processing" not in text and " s." in text
                        and len(d.find_elements(By.CSS_SELECTOR, "#maps img")) >= 2
                        and d.find_elements(By.CSS_SELECTOR, "#downloads a"))
             page.append(time.perf_counter() - start)

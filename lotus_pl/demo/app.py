@@ -62,7 +62,8 @@ def build_app(predictor: DemoPredictor, examples: list[str] | None = None, title
                 upload = gr.File(label="image or short video", file_types=UPLOAD_TYPES, type="filepath",
                                  elem_id="upload")
                 resolution = gr.Number(value=default, precision=0, minimum=0, elem_id="resolution",
-                                       label=f"processing resolution, longest edge in px (0 = native; trained at {default or 'unknown'})")
+                                       label="processing resolution, longest edge in px (0 = native; "
+                                             f"trained at {predictor.model.training_resolution or 'an unrecorded size'})")
                 seed = gr.Number(value=predictor.model.seed, precision=0, label="seed (Lotus-G's noise)", elem_id="seed")
                 run = gr.Button("Predict", variant="primary", elem_id="predict")
                 status = gr.Markdown(elem_id="status")

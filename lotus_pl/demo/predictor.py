@@ -80,11 +80,12 @@ class DemoPredictor:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.max_frames, self.stride = max_frames, stride
         self.fov, self.near, self.far, self.view_size = fov, near, far, view_size
+        self._default_resolution = model.inference_resolution  # run() sets the model's per upload
 
     @property
     def default_resolution(self) -> int:
         """The processing resolution uploads get unless the page asks otherwise (0 = native)."""
-        return self.model.inference_resolution
+        return self._default_resolution
 
     # ------------------------------------------------------------------ one image
     @torch.no_grad()

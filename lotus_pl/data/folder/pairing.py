@@ -72,7 +72,8 @@ def pair_by_stem(rgb_dir: Path, partner_dirs: dict[str, Path], partner_suffixes:
     """Frames from folders; see the module docstring. ``partner_dirs``: kind -> folder (kinds asked for)."""
     if not rgb_dir.is_dir():
         raise FileNotFoundError(f"RGB folder not found: {rgb_dir}")
-    claimed_suffixes = [s for kind, s in partner_suffixes.items() if kind in partner_dirs and s]
+    claimed_suffixes = [s for kind, s in partner_suffixes.items()  # partners living among the images
+                        if kind in partner_dirs and s and partner_dirs[kind].resolve() == rgb_dir.resolve()]
     found: dict[str, dict[str, Path]] = {}  # kind -> relative stem (with the suffix removed) -> file
     for kind, folder in partner_dirs.items():
         if not folder.is_dir():
@@ -85,7 +86,7 @@ def pair_by_stem(rgb_dir: Path, partner_dirs: dict[str, Path], partner_suffixes:
                 if not stem.endswith(suffix):
                     continue
                 stem = stem[: -len(suffix)]
-            elif folder == rgb_dir and path.suffix.lower() in IMAGE_SUFFIXES:
+            elif folder.resolve() == rgb_dir.resolve() and path.suffix.lower() in IMAGE_SUFFIXES:
                 continue  # one folder, no suffix: image files are the RGB (a PNG partner there needs a suffix)
             if stem in table:
                 raise AnnotationError(f"two {kind} files for {stem!r}: {table[stem]} and {path}; keep one")

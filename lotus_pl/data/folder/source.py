@@ -227,6 +227,9 @@ def make_folder(
         workers: conversion processes.
         seed: the ratio split and the shuffle of frames into shards.
 
+    Frames left out while pairing (a missing partner, in no split list) have no split; they are
+    reported in the printed summary and in the train manifest's ``skipped``.
+
     Returns:
         The paths of the written manifests (splits with no frames are not written).
     """
