@@ -12,7 +12,8 @@ collects ablation sweeps (:mod:`lotus_pl.sweep`); ``lotus_pl reconstruct ...`` t
 into point clouds and meshes (:mod:`lotus_pl.reconstruct`); ``lotus_pl export ...`` writes a trained
 model as a diffusers folder in the layout of the Lotus releases (:mod:`lotus_pl.export`);
 ``lotus_pl prior fit ...`` pretrains a small generative prior and exports it as a Stable Diffusion
-folder (:mod:`lotus_pl.prior`).
+folder (:mod:`lotus_pl.prior`); ``lotus_pl demo ...`` serves a local web page to try a model on
+photos and videos (:mod:`lotus_pl.demo`).
 """
 
 from __future__ import annotations
@@ -100,6 +101,7 @@ def data_main(args: list[str]) -> int | None:
         from lotus_pl.data.manifest import verify_main
 
         return verify_main(args[1:])  # main() exits with it
+    from lotus_pl.data.folder import make_folder
     from lotus_pl.data.hypersim import make_hypersim
     from lotus_pl.data.vkitti import make_vkitti
 
@@ -108,6 +110,7 @@ def data_main(args: list[str]) -> int | None:
         "synthetic-multiview": make_synthetic_multiview,
         "hypersim": make_hypersim,
         "vkitti": make_vkitti,
+        "folder": make_folder,
         "nyuv2": datasets.convert_nyuv2,
         "kitti": datasets.convert_kitti,
         "eth3d": datasets.convert_eth3d,
@@ -128,6 +131,7 @@ SUBCOMMANDS = {
     "fuse": ("lotus_pl.geometry.fuse", "fuse_main"),
     "export": ("lotus_pl.export", "export_main"),
     "prior": ("lotus_pl.prior.cli", "prior_main"),
+    "demo": ("lotus_pl.demo.app", "demo_main"),
 }
 
 

@@ -16,7 +16,8 @@ folder gets:
 - ``scheduler/scheduler_config.json``: a DDIMScheduler with the model's noise schedule and the
   parameterization's ``prediction_type``;
 - ``model_index.json`` (the diffusers pipeline index) and ``lotus_pl.yaml``, the config that runs
-  the folder in lotus_pl through :class:`~lotus_pl.denoisers.DiffusersUNet`.
+  the folder in lotus_pl through :class:`~lotus_pl.denoisers.DiffusersUNet`, with the processing
+  resolution the model was trained at unless the config set one (the checkpoint records it).
 
 Only safetensors, JSON, text and YAML files are written, never pickles.
 """
@@ -170,6 +171,8 @@ def lotus_pl_config(model_config: dict[str, Any], model: LotusModel, codec_confi
     """The config that runs the folder in lotus_pl: the model's own task, formulation,
     parameterization, timesteps and inference settings; its weights, codec and schedule from the folder."""
     model_part = {k: v for k, v in model_config.items() if k not in TRAINING_ONLY}
+    if model_part.get("processing_resolution") is None:  # the training size, from the checkpoint
+        model_part["processing_resolution"] = int(model.inference_resolution)
     model_part["denoiser"] = {"class_path": f"{DiffusersUNet.__module__}.{DiffusersUNet.__name__}", "init_args": {"path": str(folder)}}
     model_part["codec"] = codec_config
     model_part["noise_schedule"] = {

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from jsonargparse import lazy_instance
 from lightning import LightningModule
+from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
@@ -78,7 +79,9 @@ class LotusModel(LightningModule):
         detail_preserver: also train the UNet to reconstruct the image under a task switch.
         optimizer: optimizer factory (AdamW by default).
         lr_scheduler: optional learning-rate scheduler factory, stepped every optimizer step.
-        processing_resolution: longest image edge at inference (0 = native size).
+        processing_resolution: longest image edge at inference: ``None`` (the default) predicts at the
+            resolution the model was trained at (the longest edge of its main training source, recorded in
+            the checkpoint and in exports), or at the native size if none is recorded; 0 = native size.
         gradient_checkpointing: recompute UNet activations in the backward pass to save memory.
         channels_last: keep the UNet and its inputs in channels-last memory format (faster convolutions
             on recent GPUs, with ``compile_unet``).
@@ -103,7 +106,7 @@ class LotusModel(LightningModule):
         detail_preserver: bool = False,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: LRSchedulerCallable | None = None,
-        processing_resolution: int = 0,
+        processing_resolution: int | None = None,
         gradient_checkpointing: bool = False,
         channels_last: bool = False,
         compile_unet: bool = False,
@@ -130,6 +133,7 @@ class LotusModel(LightningModule):
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
         self.processing_resolution = processing_resolution
+        self.training_resolution = 0  # set when fitting starts, saved with checkpoints (0: unknown)
         self.seed = seed
         self.formulation.check(parameterization, timesteps, self.noise_schedule)
 
@@ -166,14 +170,42 @@ class LotusModel(LightningModule):
         """``""`` for a single-task model (``val/abs_rel``), ``"<task>/"`` for a joint one."""
         return "" if len(self.tasks) == 1 else f"{task.name}/"
 
+    # ------------------------------------------------------------------ resolution
+    @property
+    def inference_resolution(self) -> int:
+        """The longest edge images are predicted at: ``processing_resolution`` if set, else the
+        training resolution recorded with the weights, else 0 (native size)."""
+        return self.training_resolution if self.processing_resolution is None else self.processing_resolution
+
+    def resolution_reason(self) -> str:
+        """Where :attr:`inference_resolution` came from, for the user."""
+        if self.processing_resolution is not None:
+            return "as set (model.processing_resolution)" + (": native size" if self.processing_resolution == 0 else "")
+        if self.training_resolution:
+            return "the training resolution recorded with the model; --model.processing_resolution=N to change it, 0 for native"
+        return "native size: no training resolution is recorded with these weights"
+
+    def on_fit_start(self) -> None:
+        """Record the training resolution: the longest edge of the main training source's samples."""
+        measure = getattr(getattr(self.trainer, "datamodule", None), "training_resolution", None)
+        if callable(measure):
+            self.training_resolution = int(measure() or 0)
+
+    def on_predict_start(self) -> None:
+        resolution = self.inference_resolution
+        rank_zero_info(f"predicting at processing resolution {resolution or 'native'} ({self.resolution_reason()})")
+
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Leave the frozen codec out of checkpoints; it is rebuilt from the config."""
+        """Leave the frozen codec out of checkpoints (it is rebuilt from the config); record the
+        training resolution, which predictions default to."""
         state = checkpoint["state_dict"]
         for key in [k for k in state if k.startswith("codec.")]:
             del state[key]
+        checkpoint["training_resolution"] = int(self.training_resolution)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.training_resolution = int(checkpoint.get("training_resolution") or 0)
         state = checkpoint["state_dict"]
         for key, value in self.codec.state_dict(prefix="codec.").items():
             state.setdefault(key, value)
@@ -282,9 +314,10 @@ class LotusModel(LightningModule):
         ``tile_size`` set, images larger than the processing resolution are also predicted tile by
         tile at native resolution, each tile aligned to the whole-image prediction and blended.
         """
-        if self.tile_size and self.processing_resolution and max(image.shape[-2:]) > self.processing_resolution:
+        resolution = self.inference_resolution
+        if self.tile_size and resolution and max(image.shape[-2:]) > resolution:
             return self._predict_tiled(image)
-        return self._predict_at(image, self.processing_resolution)[0]
+        return self._predict_at(image, resolution)[0]
 
     @torch.no_grad()
     def predict_image(self, image: Tensor) -> Tensor:
@@ -315,7 +348,7 @@ class LotusModel(LightningModule):
         """Whole image at the processing resolution for the global layout, then overlapping native
         tiles for detail, each aligned to the global prediction (``Task.align``) and feathered in."""
         height, width = image.shape[-2:]
-        reference = self._predict_at(image, self.processing_resolution)[0]
+        reference = self._predict_at(image, self.inference_resolution)[0]
         tile = min(self.tile_size, height, width)
         overlap = min(self.tile_overlap, tile // 2)
         stride = tile - overlap
@@ -394,7 +427,7 @@ class LotusModel(LightningModule):
         previous = None
         if sequence is not None and self._previous is not None and self._previous[0] == sequence:
             previous = self._previous[1]
-        preds, latents = self._predict_at(image, self.processing_resolution, previous)
+        preds, latents = self._predict_at(image, self.inference_resolution, previous)
         self._previous = (sequence, latents) if sequence is not None else None
         return preds
 

@@ -225,8 +225,12 @@ def test_export_round_trip_gives_identical_predictions(variant, tiny_dataset, ti
 
     photos = tmp_path / "photos"
     write_photos(photos)
-    before = predict([str(run / "config.yaml")], photos, tmp_path / "before", "--ckpt_path", str(ckpt))
-    after = predict([str(out / "lotus_pl.yaml")], photos, tmp_path / "after")
+    # the export records the training resolution (32 px) that predictions default to
+    assert yaml.safe_load((out / "lotus_pl.yaml").read_text())["model"]["processing_resolution"] == 32
+    # native size on both sides: bit-identical outputs (at 32 px they differ by float noise, ~1e-6)
+    before = predict([str(run / "config.yaml")], photos, tmp_path / "before", "--ckpt_path", str(ckpt),
+                     "--model.processing_resolution=0")
+    after = predict([str(out / "lotus_pl.yaml")], photos, tmp_path / "after", "--model.processing_resolution=0")
     assert sorted(before) == sorted(after) and len(before) == 2
     for name in before:
         assert np.array_equal(before[name], after[name]), name

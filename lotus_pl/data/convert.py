@@ -270,6 +270,8 @@ def _geometry(name: str, records: list[dict[str, Any]], fmt: SampleFormat) -> tu
               "the manifest gives the first size and leaves intrinsics to each sample's json")
         return [int(sizes[0][0]), int(sizes[0][1])], None
     height, width, *intrinsics = seen.pop()
+    if any(x is None for x in intrinsics):  # a source without cameras (lotus_pl data folder)
+        return [int(height), int(width)], None
     return [int(height), int(width)], [float(x) for x in intrinsics]
 
 

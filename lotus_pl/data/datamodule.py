@@ -440,6 +440,16 @@ class DenseDataModule(LightningDataModule):
             return SampleDecoder(required, uint8_image=training)
         return SampleDecoder(list(self.required), optional=tuple(tasks))
 
+    def training_resolution(self) -> int:
+        """Longest edge of the main training source's samples (the most probable one, the first on a
+        tie), from its manifest; 0 without one. The model records it, and predicts at it by default."""
+        manifests = self.train_manifest if isinstance(self.train_manifest, list) else [self.train_manifest]
+        weights = self.train_probabilities or [1.0] * len(manifests)
+        main = manifests[max(range(len(manifests)), key=lambda i: (weights[i], -i))] if manifests else None
+        if main is None or not Path(main).is_file():
+            return 0
+        return max(Manifest.load(main).resolution)
+
     def _rank_world(self) -> tuple[int, int]:
         trainer = getattr(self, "trainer", None)
         if trainer is not None:
@@ -544,7 +554,7 @@ class DenseDataModule(LightningDataModule):
         if self.predict_input is None:
             raise ValueError("no images to predict on: set data.predict_input to a file, folder or glob")
         model = getattr(getattr(self, "trainer", None), "lightning_module", None)
-        max_size = 0 if model is None or getattr(model, "tile_size", 0) else getattr(model, "processing_resolution", 0)
+        max_size = 0 if model is None or getattr(model, "tile_size", 0) else getattr(model, "inference_resolution", 0)
         paths = list_inputs(self.predict_input)
         jobs = plan_inputs(paths, self.predict_batch_size, max_size, self.video_stride, self.max_frames)
         if not jobs:

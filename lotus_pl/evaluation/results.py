@@ -102,7 +102,7 @@ class EvaluationResults(Callback):
             "samples_per_rank": [len(part) for part in per_rank],
             "ckpt_path": trainer.ckpt_path,
             "test_manifest": getattr(trainer.datamodule, "test_manifest", None) if trainer.datamodule else None,
-            "processing_resolution": pl_module.processing_resolution,
+            "processing_resolution": pl_module.inference_resolution,
             "keys": sorted(keys),
         }
         if hasattr(task, "min_depth"):  # None for an unbounded range (ETH3D's max_depth: inf)
