@@ -15,8 +15,9 @@ folder gets:
   folder), else ``text_context.safetensors`` with the fixed context tensor;
 - ``scheduler/scheduler_config.json``: a DDIMScheduler with the model's noise schedule and the
   parameterization's ``prediction_type``;
-- ``model_index.json`` (the diffusers pipeline index) and ``lotus_pl.yaml``, the config that runs
-  the folder in lotus_pl through :class:`~lotus_pl.denoisers.DiffusersUNet`.
+- ``model_index.json``, the diffusers pipeline index naming :class:`~lotus_pl.pipeline.LotusPipeline`
+  (``LotusPipeline.from_pretrained(folder)`` runs it in diffusers), and ``lotus_pl.yaml``, the config
+  that runs the folder in lotus_pl through :class:`~lotus_pl.denoisers.DiffusersUNet`.
 
 Only safetensors, JSON, text and YAML files are written, never pickles.
 """
@@ -39,13 +40,12 @@ from lightning.pytorch.cli import LightningArgumentParser
 from lotus_pl.cli import LotusCLI, newest_checkpoint
 from lotus_pl.denoisers import TEXT_CONTEXT_FILE, DenoiserFactory, DiffusersUNet
 from lotus_pl.model import LotusModel
+from lotus_pl.schedules import MultiStep
 
 log = logging.getLogger(__name__)
 
 #: The only kinds of file an exported folder may hold.
 ALLOWED_SUFFIXES = (".safetensors", ".json", ".txt", ".yaml")
-#: conv_in width over latent channels -> the Lotus authors' pipeline class (model_index.json).
-PIPELINES = {1: "LotusDPipeline", 2: "LotusGPipeline"}
 #: Model settings for training or speed only; the exported config leaves them at their defaults.
 TRAINING_ONLY = ("optimizer", "lr_scheduler", "gradient_checkpointing", "channels_last", "compile_unet")
 #: Enough trainer for ``lotus_pl predict --config <folder>/lotus_pl.yaml`` to write its outputs.
@@ -147,21 +147,37 @@ def ddim_scheduler(model: LotusModel) -> DDIMScheduler:
 
 
 def model_index(folder: Path, model: LotusModel) -> dict[str, Any]:
-    """The diffusers pipeline index of the folder; absent components are ``[null, null]``."""
+    """The diffusers pipeline index of the folder, naming :class:`~lotus_pl.pipeline.LotusPipeline`
+    (absent components are ``[null, null]``) with the settings it needs to predict as the model does."""
     from diffusers import __version__
+
+    from lotus_pl.pipeline import LotusPipeline
 
     def component(subfolder: str, library: str, name: str) -> list[str | None]:
         return [library, name] if (folder / subfolder).is_dir() else [None, None]
 
-    ratio = model.unet.config.in_channels // model.codec.latent_channels
+    num_train = model.noise_schedule.num_train_timesteps
+    timesteps = model.timesteps.inference_timesteps(num_train)
+    trailing = MultiStep(len(timesteps), spacing="trailing").inference_timesteps(num_train)
+    if timesteps != trailing:
+        log.warning("LotusPipeline walks DDIM's trailing timesteps %s, this model %s: in diffusers the export will "
+                    "predict differently from lotus_pl", trailing, timesteps)
+    task = model.tasks[0]
     return {
-        "_class_name": PIPELINES.get(ratio, "DiffusionPipeline"),
+        "_class_name": LotusPipeline.__name__,
         "_diffusers_version": __version__,
         "scheduler": ["diffusers", "DDIMScheduler"],
         "text_encoder": component("text_encoder", "transformers", "CLIPTextModel"),
         "tokenizer": component("tokenizer", "transformers", "CLIPTokenizer"),
         "unet": ["diffusers", "UNet2DConditionModel"],
         "vae": component("vae", "diffusers", "AutoencoderKL"),
+        "task": f"{type(task).__module__}.{type(task).__name__}",
+        "task_index": 0,
+        "default_processing_resolution": model.processing_resolution,
+        "default_denoising_steps": len(timesteps),
+        "pure_noise_at_terminal": bool(getattr(model.formulation, "pure_noise_at_terminal", False)),
+        "space_to_depth": 0 if (folder / "vae").is_dir() else model.codec.downsample,
+        "seed": model.seed,
     }
 
 
