@@ -226,11 +226,14 @@ class DiffusersUNet(DenoiserFactory):
         path: the diffusers folder (``unet/``, and ``text_encoder/`` + ``tokenizer/`` or ``text_context.safetensors``),
             or a Hugging Face Hub id (``jingheya/lotus-depth-g-v2-1-disparity[@revision]``, see ``lotus_pl.hub``).
         subfolder: the UNet's subfolder.
+        lora_subfolder: a LoRA adapter to attach, saved beside the base UNet (``lotus_pl export
+            --lora separate`` writes ``unet_lora``; needs peft).
     """
 
-    def __init__(self, path: str, subfolder: str = "unet") -> None:
+    def __init__(self, path: str, subfolder: str = "unet", lora_subfolder: str | None = None) -> None:
         self.path = resolve_model_path(path)
         self.subfolder = subfolder
+        self.lora_subfolder = lora_subfolder
         _require_folder(self.path, [f"{subfolder}/config.json"], "trained Lotus UNet folder",
                         "Point model.denoiser.init_args.path at a local copy of a released Lotus checkpoint "
                         "or its Hub id (e.g. jingheya/lotus-depth-g-v2-1-disparity), or at a folder written by `lotus_pl export`.")
@@ -255,6 +258,10 @@ class DiffusersUNet(DenoiserFactory):
         problems = {k: v for k, v in info.items() if v}
         if problems:
             raise RuntimeError(f"{self.path / self.subfolder}: the saved weights do not match config.json: {problems}")
+        if self.lora_subfolder is not None:
+            from lotus_pl.lora import load_adapter
+
+            load_adapter(unet, self.path / self.lora_subfolder)
         return unet
 
     def text_context(self) -> Tensor:

@@ -29,7 +29,7 @@ import logging
 import shutil
 import warnings
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import torch
 import yaml
@@ -39,7 +39,9 @@ from lightning.pytorch.cli import LightningArgumentParser
 
 from lotus_pl.cli import LotusCLI, newest_checkpoint
 from lotus_pl.denoisers import TEXT_CONTEXT_FILE, DenoiserFactory, DiffusersUNet
+from lotus_pl.lora import LORA_SUBFOLDER, base_copy, has_lora, merged_copy, save_adapter
 from lotus_pl.model import LotusModel
+from lotus_pl.onnx_export import ONNX_FILE, export_onnx
 from lotus_pl.schedules import MultiStep
 
 log = logging.getLogger(__name__)
@@ -72,6 +74,10 @@ class ExportCLI(LotusCLI):
         parser.add_argument("--ckpt_path", type=Optional[str], default=None,
                             help="the checkpoint to export; 'last' or 'resume': the newest of trainer.default_root_dir")
         parser.add_argument("--out", type=str, required=True, help="the folder to write")
+        parser.add_argument("--format", type=Literal["diffusers", "onnx"], default="diffusers",
+                            help="diffusers: the released-layout folder; onnx: lotus.onnx (encode -> UNet -> decode) for onnxruntime")
+        parser.add_argument("--lora", type=Literal["merged", "separate"], default="merged",
+                            help="a LoRA-tuned UNet: fold the adapters into its weights, or write them to unet_lora/ beside the base UNet")
         parser.add_argument("--overwrite", type=bool, default=False,
                             help="replace a previous export in --out (its contents are deleted first)")
         # A run's saved config.yaml also holds its subcommand's other arguments (weights_only, verbose, ...).
@@ -125,7 +131,7 @@ def prepare_folder(out: Path, overwrite: bool) -> None:
     if out.is_dir() and any(out.iterdir()):
         if not overwrite:
             raise FileExistsError(f"--out {out} is not empty; pass --overwrite to replace it, or choose another folder")
-        if not (out / "model_index.json").is_file():
+        if not (out / "model_index.json").is_file() and not (out / ONNX_FILE).is_file():
             raise FileExistsError(f"--out {out} has files but no model_index.json, so it is not an exported folder and "
                                   "--overwrite will not delete it; choose another folder")
         shutil.rmtree(out)
@@ -181,11 +187,13 @@ def model_index(folder: Path, model: LotusModel) -> dict[str, Any]:
     }
 
 
-def lotus_pl_config(model_config: dict[str, Any], model: LotusModel, codec_config: dict[str, Any], folder: Path) -> dict[str, Any]:
+def lotus_pl_config(model_config: dict[str, Any], model: LotusModel, codec_config: dict[str, Any], folder: Path,
+                    lora_subfolder: str | None = None) -> dict[str, Any]:
     """The config that runs the folder in lotus_pl: the model's own task, formulation,
     parameterization, timesteps and inference settings; its weights, codec and schedule from the folder."""
     model_part = {k: v for k, v in model_config.items() if k not in TRAINING_ONLY}
-    model_part["denoiser"] = {"class_path": f"{DiffusersUNet.__module__}.{DiffusersUNet.__name__}", "init_args": {"path": str(folder)}}
+    denoiser_args = {"path": str(folder), **({"lora_subfolder": lora_subfolder} if lora_subfolder else {})}
+    model_part["denoiser"] = {"class_path": f"{DiffusersUNet.__module__}.{DiffusersUNet.__name__}", "init_args": denoiser_args}
     model_part["codec"] = codec_config
     model_part["noise_schedule"] = {
         "class_path": "lotus_pl.schedules.NoiseSchedule",
@@ -195,8 +203,9 @@ def lotus_pl_config(model_config: dict[str, Any], model: LotusModel, codec_confi
 
 
 def export_model(model: LotusModel, model_config: dict[str, Any], denoiser: DenoiserFactory, out: str | Path,
-                 overwrite: bool = False, source: str = "") -> Path:
-    """Write ``model`` (built from ``model_config`` with ``denoiser``) as a released-layout folder; returns it."""
+                 overwrite: bool = False, source: str = "", lora: str = "merged") -> Path:
+    """Write ``model`` (built from ``model_config`` with ``denoiser``) as a released-layout folder; returns it.
+    A LoRA-tuned UNet is written ``merged`` (one plain UNet) or ``separate`` (base UNet + ``unet_lora/``)."""
     from safetensors.torch import save_file
     from transformers import CLIPTextModel, CLIPTokenizer
 
@@ -208,7 +217,15 @@ def export_model(model: LotusModel, model_config: dict[str, Any], denoiser: Deno
         tokenizer = CLIPTokenizer.from_pretrained(text_source, subfolder="tokenizer", local_files_only=True)
     prepare_folder(folder, overwrite)
 
-    model.unet.save_pretrained(folder / "unet", safe_serialization=True)
+    lora_subfolder = None
+    if not has_lora(model.unet):
+        model.unet.save_pretrained(folder / "unet", safe_serialization=True)
+    elif lora == "merged":
+        merged_copy(model.unet).save_pretrained(folder / "unet", safe_serialization=True)
+    else:
+        base_copy(model.unet).save_pretrained(folder / "unet", safe_serialization=True)
+        save_adapter(model.unet, folder / LORA_SUBFOLDER)
+        lora_subfolder = LORA_SUBFOLDER
     codec_config = model.codec.export(folder)
     if text_encoder is not None:
         text_encoder.save_pretrained(folder / "text_encoder")  # safetensors (transformers' default)
@@ -223,7 +240,7 @@ def export_model(model: LotusModel, model_config: dict[str, Any], denoiser: Deno
               "# The paths below are absolute: after moving the folder, edit them or override\n"
               "# --model.denoiser.init_args.path, --model.codec.init_args.path (a VAE) and\n"
               "# --model.noise_schedule.init_args.pretrained_path.\n")
-    body = yaml.safe_dump(lotus_pl_config(model_config, model, codec_config, folder), sort_keys=False)
+    body = yaml.safe_dump(lotus_pl_config(model_config, model, codec_config, folder, lora_subfolder), sort_keys=False)
     (folder / "lotus_pl.yaml").write_text(header + body)
 
     stray = [p for p in folder.rglob("*") if p.is_file() and not p.name.endswith(ALLOWED_SUFFIXES)]
@@ -245,6 +262,13 @@ def export_main(args: list[str]) -> Path:
     model.eval()
     configs = ", ".join(str(c) for c in (config.get("config") or []))
     source = " + ".join(part for part in (configs, ckpt_path) if part)
-    folder = export_model(model, cli.model_config, denoiser, config.out, config.overwrite, source)
+    if config.format == "onnx":
+        folder = Path(config.out).resolve()
+        prepare_folder(folder, config.overwrite)
+        if has_lora(model.unet):  # one plain UNet traces into a smaller, faster graph
+            model.unet = merged_copy(model.unet)
+        print(f"[export] wrote {export_onnx(model, folder)}", flush=True)
+        return folder
+    folder = export_model(model, cli.model_config, denoiser, config.out, config.overwrite, source, config.lora)
     print(f"[export] wrote {folder}", flush=True)
     return folder
