@@ -98,7 +98,7 @@ def test_hub_ids_resolve_offline_from_a_cache_and_uncached_ids_are_named(tmp_pat
 
     env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
     result = subprocess.run([sys.executable, "-c", RESOLVE_SCRIPT, repo, str(main_folder), COMMIT, OTHER], env=env,
-                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
+                            capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     out = json.loads(result.stdout.strip().splitlines()[-1])
     snapshots = cache / f"models--{repo.replace('/', '--')}" / "snapshots"
