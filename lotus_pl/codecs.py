@@ -76,7 +76,8 @@ class StableDiffusionVAE(Codec):
     """The frozen Stable Diffusion VAE from ``<path>/<subfolder>`` (diffusers layout), scaled latents.
 
     Args:
-        path: local diffusers model folder (for example a Stable Diffusion 2 download).
+        path: local diffusers model folder (for example a Stable Diffusion 2 download), or a Hugging
+            Face Hub id (``org/name[@revision]``, see ``lotus_pl.hub``).
         subfolder: the VAE's subfolder.
         sample_posterior: encode with a sample of the posterior instead of its mean (mode).
     """
@@ -85,11 +86,14 @@ class StableDiffusionVAE(Codec):
         super().__init__()
         from diffusers import AutoencoderKL
 
-        folder = Path(path) / subfolder
+        from lotus_pl.hub import resolve_model_path
+
+        path = resolve_model_path(path)
+        folder = path / subfolder
         if not (folder / "config.json").is_file():
             raise FileNotFoundError(
                 f"no VAE at {folder}: expected a diffusers model folder with '{subfolder}/config.json' and weights "
-                "(for example a local Stable Diffusion 2 download); nothing is downloaded at run time"
+                "(for example a local Stable Diffusion 2 download) or a Hub id"
             )
         self.vae = AutoencoderKL.from_pretrained(path, subfolder=subfolder, local_files_only=True)
         self.vae.requires_grad_(False)

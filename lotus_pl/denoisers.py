@@ -22,6 +22,8 @@ import torch
 from diffusers import UNet2DConditionModel
 from torch import Tensor
 
+from lotus_pl.hub import resolve_model_path
+
 #: Where ``lotus_pl export`` keeps the fixed context of a model without a text encoder.
 TEXT_CONTEXT_FILE = "text_context.safetensors"
 #: ``conv_in`` width over the latent channels -> the Lotus variant it belongs to.
@@ -157,17 +159,18 @@ class PretrainedStableDiffusion(DenoiserFactory):
     """The UNet of a local Stable Diffusion folder, adapted to Lotus.
 
     Args:
-        path: diffusers folder with ``unet/``, ``text_encoder/`` and ``tokenizer/``.
+        path: diffusers folder with ``unet/``, ``text_encoder/`` and ``tokenizer/``, or a Hugging
+            Face Hub id (``stabilityai/stable-diffusion-2-base[@revision]``, see ``lotus_pl.hub``).
         unet_subfolder: the UNet's subfolder.
     """
 
     def __init__(self, path: str, unet_subfolder: str = "unet") -> None:
-        self.path = Path(path)
+        self.path = resolve_model_path(path)
         self.unet_subfolder = unet_subfolder
         _require_folder(self.path, [f"{unet_subfolder}/config.json", "text_encoder/config.json", "tokenizer"],
                         "Stable Diffusion folder", "Point the config at a local copy of stabilityai/stable-diffusion-2 "
-                        "(base), or at an embedded prior written by `lotus_pl prior fit --config "
-                        "experiments/prior/embedded.yaml`; nothing is downloaded at run time.")
+                        "(base) or at its Hub id (fetched once into the Hugging Face cache), or at an embedded prior "
+                        "written by `lotus_pl prior fit --config experiments/prior/embedded.yaml`.")
 
     def build(self, in_channels: int, out_channels: int, class_embedding_dim: int) -> UNet2DConditionModel:
         pretrained = UNet2DConditionModel.from_pretrained(self.path, subfolder=self.unet_subfolder, local_files_only=True)
@@ -221,16 +224,20 @@ class DiffusersUNet(DenoiserFactory):
     has ``text_encoder/`` and ``tokenizer/``, else the tensor in ``text_context.safetensors``.
 
     Args:
-        path: the diffusers folder (``unet/``, and ``text_encoder/`` + ``tokenizer/`` or ``text_context.safetensors``).
+        path: the diffusers folder (``unet/``, and ``text_encoder/`` + ``tokenizer/`` or ``text_context.safetensors``),
+            or a Hugging Face Hub id (``jingheya/lotus-depth-g-v2-1-disparity[@revision]``, see ``lotus_pl.hub``).
         subfolder: the UNet's subfolder.
+        lora_subfolder: a LoRA adapter to attach, saved beside the base UNet (``lotus_pl export
+            --lora separate`` writes ``unet_lora``; needs peft).
     """
 
-    def __init__(self, path: str, subfolder: str = "unet") -> None:
-        self.path = Path(path)
+    def __init__(self, path: str, subfolder: str = "unet", lora_subfolder: str | None = None) -> None:
+        self.path = resolve_model_path(path)
         self.subfolder = subfolder
+        self.lora_subfolder = lora_subfolder
         _require_folder(self.path, [f"{subfolder}/config.json"], "trained Lotus UNet folder",
                         "Point model.denoiser.init_args.path at a local copy of a released Lotus checkpoint "
-                        "or at a folder written by `lotus_pl export`; nothing is downloaded at run time.")
+                        "or its Hub id (e.g. jingheya/lotus-depth-g-v2-1-disparity), or at a folder written by `lotus_pl export`.")
 
     def build(self, in_channels: int, out_channels: int, class_embedding_dim: int) -> UNet2DConditionModel:
         config_file = self.path / self.subfolder / "config.json"
@@ -252,6 +259,10 @@ class DiffusersUNet(DenoiserFactory):
         problems = {k: v for k, v in info.items() if v}
         if problems:
             raise RuntimeError(f"{self.path / self.subfolder}: the saved weights do not match config.json: {problems}")
+        if self.lora_subfolder is not None:
+            from lotus_pl.lora import load_adapter
+
+            load_adapter(unet, self.path / self.lora_subfolder)
         return unet
 
     def text_context(self) -> Tensor:

@@ -15,8 +15,9 @@ folder gets:
   folder), else ``text_context.safetensors`` with the fixed context tensor;
 - ``scheduler/scheduler_config.json``: a DDIMScheduler with the model's noise schedule and the
   parameterization's ``prediction_type``;
-- ``model_index.json`` (the diffusers pipeline index) and ``lotus_pl.yaml``, the config that runs
-  the folder in lotus_pl through :class:`~lotus_pl.denoisers.DiffusersUNet`, with the processing
+- ``model_index.json``, the diffusers pipeline index naming :class:`~lotus_pl.pipeline.LotusPipeline`
+  (``LotusPipeline.from_pretrained(folder)`` runs it in diffusers), and ``lotus_pl.yaml``, the config
+  that runs the folder in lotus_pl through :class:`~lotus_pl.denoisers.DiffusersUNet`, with the processing
   resolution the model was trained at unless the config set one (the checkpoint records it).
 
 Only safetensors, JSON, text and YAML files are written, never pickles.
@@ -29,7 +30,7 @@ import logging
 import shutil
 import warnings
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import torch
 import yaml
@@ -39,14 +40,15 @@ from lightning.pytorch.cli import LightningArgumentParser
 
 from lotus_pl.cli import LotusCLI, newest_checkpoint
 from lotus_pl.denoisers import TEXT_CONTEXT_FILE, DenoiserFactory, DiffusersUNet
+from lotus_pl.lora import LORA_SUBFOLDER, base_copy, has_lora, merged_copy, save_adapter
 from lotus_pl.model import LotusModel
+from lotus_pl.onnx_export import ONNX_FILE, export_onnx
+from lotus_pl.schedules import MultiStep
 
 log = logging.getLogger(__name__)
 
 #: The only kinds of file an exported folder may hold.
 ALLOWED_SUFFIXES = (".safetensors", ".json", ".txt", ".yaml")
-#: conv_in width over latent channels -> the Lotus authors' pipeline class (model_index.json).
-PIPELINES = {1: "LotusDPipeline", 2: "LotusGPipeline"}
 #: Model settings for training or speed only; the exported config leaves them at their defaults.
 TRAINING_ONLY = ("optimizer", "lr_scheduler", "gradient_checkpointing", "channels_last", "compile_unet")
 #: Enough trainer for ``lotus_pl predict --config <folder>/lotus_pl.yaml`` to write its outputs.
@@ -74,6 +76,10 @@ class ExportCLI(LotusCLI):
         parser.add_argument("--ckpt_path", type=Optional[str], default=None,
                             help="the checkpoint to export; 'last' or 'resume': the newest of trainer.default_root_dir")
         parser.add_argument("--out", type=str, required=True, help="the folder to write")
+        parser.add_argument("--format", type=Literal["diffusers", "onnx"], default="diffusers",
+                            help="diffusers: the released-layout folder; onnx: lotus.onnx (encode -> UNet -> decode) for onnxruntime")
+        parser.add_argument("--lora", type=Literal["merged", "separate"], default="merged",
+                            help="a LoRA-tuned UNet: fold the adapters into its weights, or write them to unet_lora/ beside the base UNet")
         parser.add_argument("--overwrite", type=bool, default=False,
                             help="replace a previous export in --out (its contents are deleted first)")
         # A run's saved config.yaml also holds its subcommand's other arguments (weights_only, verbose, ...).
@@ -127,7 +133,7 @@ def prepare_folder(out: Path, overwrite: bool) -> None:
     if out.is_dir() and any(out.iterdir()):
         if not overwrite:
             raise FileExistsError(f"--out {out} is not empty; pass --overwrite to replace it, or choose another folder")
-        if not (out / "model_index.json").is_file():
+        if not (out / "model_index.json").is_file() and not (out / ONNX_FILE).is_file():
             raise FileExistsError(f"--out {out} has files but no model_index.json, so it is not an exported folder and "
                                   "--overwrite will not delete it; choose another folder")
         shutil.rmtree(out)
@@ -149,31 +155,49 @@ def ddim_scheduler(model: LotusModel) -> DDIMScheduler:
 
 
 def model_index(folder: Path, model: LotusModel) -> dict[str, Any]:
-    """The diffusers pipeline index of the folder; absent components are ``[null, null]``."""
+    """The diffusers pipeline index of the folder, naming :class:`~lotus_pl.pipeline.LotusPipeline`
+    (absent components are ``[null, null]``) with the settings it needs to predict as the model does."""
     from diffusers import __version__
+
+    from lotus_pl.pipeline import LotusPipeline
 
     def component(subfolder: str, library: str, name: str) -> list[str | None]:
         return [library, name] if (folder / subfolder).is_dir() else [None, None]
 
-    ratio = model.unet.config.in_channels // model.codec.latent_channels
+    num_train = model.noise_schedule.num_train_timesteps
+    timesteps = model.timesteps.inference_timesteps(num_train)
+    trailing = MultiStep(len(timesteps), spacing="trailing").inference_timesteps(num_train)
+    if timesteps != trailing:
+        log.warning("LotusPipeline walks DDIM's trailing timesteps %s, this model %s: in diffusers the export will "
+                    "predict differently from lotus_pl", trailing, timesteps)
+    task = model.tasks[0]
     return {
-        "_class_name": PIPELINES.get(ratio, "DiffusionPipeline"),
+        "_class_name": LotusPipeline.__name__,
         "_diffusers_version": __version__,
         "scheduler": ["diffusers", "DDIMScheduler"],
         "text_encoder": component("text_encoder", "transformers", "CLIPTextModel"),
         "tokenizer": component("tokenizer", "transformers", "CLIPTokenizer"),
         "unet": ["diffusers", "UNet2DConditionModel"],
         "vae": component("vae", "diffusers", "AutoencoderKL"),
+        "task": f"{type(task).__module__}.{type(task).__name__}",
+        "task_index": 0,
+        "default_processing_resolution": model.processing_resolution,
+        "default_denoising_steps": len(timesteps),
+        "pure_noise_at_terminal": bool(getattr(model.formulation, "pure_noise_at_terminal", False)),
+        "space_to_depth": 0 if (folder / "vae").is_dir() else model.codec.downsample,
+        "seed": model.seed,
     }
 
 
-def lotus_pl_config(model_config: dict[str, Any], model: LotusModel, codec_config: dict[str, Any], folder: Path) -> dict[str, Any]:
+def lotus_pl_config(model_config: dict[str, Any], model: LotusModel, codec_config: dict[str, Any], folder: Path,
+                    lora_subfolder: str | None = None) -> dict[str, Any]:
     """The config that runs the folder in lotus_pl: the model's own task, formulation,
     parameterization, timesteps and inference settings; its weights, codec and schedule from the folder."""
     model_part = {k: v for k, v in model_config.items() if k not in TRAINING_ONLY}
     if model_part.get("processing_resolution") is None:  # the training size, from the checkpoint
         model_part["processing_resolution"] = int(model.inference_resolution)
-    model_part["denoiser"] = {"class_path": f"{DiffusersUNet.__module__}.{DiffusersUNet.__name__}", "init_args": {"path": str(folder)}}
+    denoiser_args = {"path": str(folder), **({"lora_subfolder": lora_subfolder} if lora_subfolder else {})}
+    model_part["denoiser"] = {"class_path": f"{DiffusersUNet.__module__}.{DiffusersUNet.__name__}", "init_args": denoiser_args}
     model_part["codec"] = codec_config
     model_part["noise_schedule"] = {
         "class_path": "lotus_pl.schedules.NoiseSchedule",
@@ -183,8 +207,9 @@ def lotus_pl_config(model_config: dict[str, Any], model: LotusModel, codec_confi
 
 
 def export_model(model: LotusModel, model_config: dict[str, Any], denoiser: DenoiserFactory, out: str | Path,
-                 overwrite: bool = False, source: str = "") -> Path:
-    """Write ``model`` (built from ``model_config`` with ``denoiser``) as a released-layout folder; returns it."""
+                 overwrite: bool = False, source: str = "", lora: str = "merged") -> Path:
+    """Write ``model`` (built from ``model_config`` with ``denoiser``) as a released-layout folder; returns it.
+    A LoRA-tuned UNet is written ``merged`` (one plain UNet) or ``separate`` (base UNet + ``unet_lora/``)."""
     from safetensors.torch import save_file
     from transformers import CLIPTextModel, CLIPTokenizer
 
@@ -196,7 +221,15 @@ def export_model(model: LotusModel, model_config: dict[str, Any], denoiser: Deno
         tokenizer = CLIPTokenizer.from_pretrained(text_source, subfolder="tokenizer", local_files_only=True)
     prepare_folder(folder, overwrite)
 
-    model.unet.save_pretrained(folder / "unet", safe_serialization=True)
+    lora_subfolder = None
+    if not has_lora(model.unet):
+        model.unet.save_pretrained(folder / "unet", safe_serialization=True)
+    elif lora == "merged":
+        merged_copy(model.unet).save_pretrained(folder / "unet", safe_serialization=True)
+    else:
+        base_copy(model.unet).save_pretrained(folder / "unet", safe_serialization=True)
+        save_adapter(model.unet, folder / LORA_SUBFOLDER)
+        lora_subfolder = LORA_SUBFOLDER
     codec_config = model.codec.export(folder)
     if text_encoder is not None:
         text_encoder.save_pretrained(folder / "text_encoder")  # safetensors (transformers' default)
@@ -211,7 +244,7 @@ def export_model(model: LotusModel, model_config: dict[str, Any], denoiser: Deno
               "# The paths below are absolute: after moving the folder, edit them or override\n"
               "# --model.denoiser.init_args.path, --model.codec.init_args.path (a VAE) and\n"
               "# --model.noise_schedule.init_args.pretrained_path.\n")
-    body = yaml.safe_dump(lotus_pl_config(model_config, model, codec_config, folder), sort_keys=False)
+    body = yaml.safe_dump(lotus_pl_config(model_config, model, codec_config, folder, lora_subfolder), sort_keys=False)
     (folder / "lotus_pl.yaml").write_text(header + body)
 
     stray = [p for p in folder.rglob("*") if p.is_file() and not p.name.endswith(ALLOWED_SUFFIXES)]
@@ -233,6 +266,13 @@ def export_main(args: list[str]) -> Path:
     model.eval()
     configs = ", ".join(str(c) for c in (config.get("config") or []))
     source = " + ".join(part for part in (configs, ckpt_path) if part)
-    folder = export_model(model, cli.model_config, denoiser, config.out, config.overwrite, source)
+    if config.format == "onnx":
+        folder = Path(config.out).resolve()
+        prepare_folder(folder, config.overwrite)
+        if has_lora(model.unet):  # one plain UNet traces into a smaller, faster graph
+            model.unet = merged_copy(model.unet)
+        print(f"[export] wrote {export_onnx(model, folder)}", flush=True)
+        return folder
+    folder = export_model(model, cli.model_config, denoiser, config.out, config.overwrite, source, config.lora)
     print(f"[export] wrote {folder}", flush=True)
     return folder

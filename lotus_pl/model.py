@@ -278,7 +278,8 @@ class LotusModel(LightningModule):
         return torch.Generator(device=self.device).manual_seed(int.from_bytes(digest, "little"))
 
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(self.unet.parameters())
+        # frozen parameters (LoRA's base weights) stay out of the optimizer and its state
+        optimizer = self.optimizer_factory([p for p in self.unet.parameters() if p.requires_grad])
         if self.lr_scheduler_factory is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.lr_scheduler_factory(optimizer), "interval": "step"}}

@@ -26,7 +26,7 @@ class NoiseSchedule(torch.nn.Module):
         num_train_timesteps: T.
         beta_start, beta_end, beta_schedule: diffusers' scheduler arguments (SD2's by default).
         zero_terminal_snr: rescale the betas so that alpha_bar[T-1] == 0 (no signal leak).
-        pretrained_path: read the schedule from ``<path>/scheduler`` of a diffusers model folder
+        pretrained_path: read the schedule from ``<path>/scheduler`` of a diffusers model folder (or Hub id)
             instead of the arguments above (``zero_terminal_snr`` still applies).
     """
 
@@ -41,7 +41,9 @@ class NoiseSchedule(torch.nn.Module):
     ) -> None:
         super().__init__()
         if pretrained_path is not None:
-            folder = Path(pretrained_path) / "scheduler"
+            from lotus_pl.hub import resolve_model_path
+
+            folder = resolve_model_path(pretrained_path) / "scheduler"
             if not (folder / "scheduler_config.json").is_file():
                 raise FileNotFoundError(f"no diffusers scheduler config at {folder}/scheduler_config.json")
             config = dict(DDPMScheduler.load_config(folder))

@@ -220,7 +220,7 @@ def test_export_round_trip_gives_identical_predictions(variant, tiny_dataset, ti
     assert sorted(f"unet.{k}" for k in exported) == sorted(k for k in trained if k.startswith("unet."))
     assert all(torch.equal(exported[k], trained[f"unet.{k}"]) for k in exported)
     index = json.loads((out / "model_index.json").read_text())
-    assert index["_class_name"] == ("LotusGPipeline" if "lotus_g" in variant else "LotusDPipeline")
+    assert index["_class_name"] == "LotusPipeline"  # lotus_pl.pipeline, which runs the folder in diffusers
     assert (index["vae"] == ["diffusers", "AutoencoderKL"]) == ("vae" in parts)
 
     photos = tmp_path / "photos"
