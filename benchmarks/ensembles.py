@@ -21,6 +21,7 @@ import argparse
 import json
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -53,6 +54,8 @@ def load(configs: list[str], ckpt_path: str):
     checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
     model.on_load_checkpoint(checkpoint)
     model.load_state_dict(checkpoint["state_dict"])
+    # the loader decodes the ground truth of the model's tasks, which it reads from its trainer
+    datamodule.trainer = SimpleNamespace(lightning_module=model, global_rank=0, world_size=1)
     datamodule.prepare_data()
     datamodule.setup("validate")
     return model.eval(), datamodule.val_dataloader()

@@ -244,3 +244,13 @@ def test_reconstruct_drops_the_least_confident_pixels(tmp_path, capsys):
     with pytest.raises(FileNotFoundError, match="room_depth_uncertainty.npy is missing"):
         reconstruct(str(tmp_path), output_dir=str(tmp_path / "x"), confidence_quantile=0.5)
     assert confident_pixels(np.array([1.0, np.nan, 3.0]), threshold=5).tolist() == [True, False, True]
+
+
+def test_median_of_a_pair_is_their_midpoint_with_half_their_difference():
+    d = unit_range_depth(seed=5, size=(8, 10))
+    other = (d + 0.1 * torch.sin(torch.arange(10.0)))  # another shape, not an affine copy
+    pred, spread = MedianAlign()(torch.stack([d, other])[:, None])
+    mean_pred, std = MeanAlign()(torch.stack([d, other])[:, None])
+    torch.testing.assert_close(pred, mean_pred)
+    torch.testing.assert_close(spread, std / 2**0.5)
+    assert spread.mean() > 0.005

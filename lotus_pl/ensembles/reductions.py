@@ -11,6 +11,9 @@ on the sphere with ``MarigoldNormalsPipeline.ensemble_normals``. Where lotus_pl 
   and loops over the batch;
 - one member is returned unchanged with zero uncertainty (diffusers would min-max normalise it), so
   an ensemble of one reproduces the single call exactly;
+- two members under ``MedianAlign`` (a flip pair) take their mean and half their difference (the
+  median and MAD of two numbers), where diffusers' ``torch.median`` would take the lower one and
+  report a MAD of 0 everywhere;
 - normal uncertainty is reported in degrees (diffusers: the mean angle to the mean over pi);
 - tasks without a geometric structure (albedo, new tasks) use a plain per-pixel :class:`Mean` or
   :class:`Median`.
@@ -67,11 +70,16 @@ class _AlignedDepth(Reduction):
 
         if members.shape[1] != 1:
             raise ValueError(f"{self!r} combines one-channel depth or disparity, got {members.shape[1]} channels")
-        # float32 as diffusers aligns; the cost is sums of RMS differences of relative values in [0, 1]
+        # torch.median takes the lower middle value of an even count: for two members (a flip pair)
+        # the "median" would be one of them and the MAD 0 everywhere. The median of two numbers is
+        # their mean and their MAD half their difference = std / sqrt(2), so two members use the mean.
+        pair = self.reduction == "median" and members.shape[0] == 2
         pred, spread = MarigoldDepthPipeline.ensemble_depth(
             members.float(), scale_invariant=True, shift_invariant=True, output_uncertainty=True,
-            reduction=self.reduction, regularizer_strength=self.regularizer_strength, max_iter=self.max_iter,
-            tol=self.tol, max_res=self.max_res)
+            reduction="mean" if pair else self.reduction, regularizer_strength=self.regularizer_strength,
+            max_iter=self.max_iter, tol=self.tol, max_res=self.max_res)
+        if pair:
+            spread = spread / 2**0.5
         return pred.to(members.dtype), spread.to(members.dtype)
 
 
