@@ -143,11 +143,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     names = ["single call"] + [n for n in (args.only.split(",") if args.only else settings) if n != "single call"]
     results: dict[str, Any] = {"configs": args.config, "ckpt_path": args.ckpt_path, "images": count,
                                "threads": torch.get_num_threads(), "settings": {}}
+    with torch.no_grad():
+        model.predict_all(batches[0]["image"])  # warm-up, so that the first setting is not charged for it
     for name in names:
         start = time.perf_counter()
         results["settings"][name] = run_setting(model, batches, settings[name], args.steps, seed=0)
         print(f"[ensembles] {name}: {time.perf_counter() - start:.0f} s", flush=True)
-    text = table(results)
+    # the single call once more at the end: how much the time of the same work drifted during the run
+    # (a shared machine); the ratios use the first measurement
+    again = run_setting(model, batches, None, args.steps, seed=0)
+    results["single_call_repeat_seconds_per_image"] = again["seconds_per_image"]
+    text = table(results) + (f"\n\nsingle call measured again at the end: "
+                             f"{results['single_call_repeat_seconds_per_image'] / results['settings']['single call']['seconds_per_image']:.2f}× "
+                             f"its first time ({results['images']} images, {results['threads']} thread(s))")
     print(text)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
