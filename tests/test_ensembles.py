@@ -219,6 +219,16 @@ def test_validation_scores_the_uncertainty():
     assert model.uncertainty_metrics["depth"].num_images == 3
 
 
+def test_normal_ensembles_are_combined_on_the_sphere_and_scored():
+    model = make_model(task=Normal(), formulation=Generative(pure_noise_at_terminal=True), ensemble=Ensemble(size=3)).eval()
+    gt = F.normalize(torch.randn(2, 3, 16, 20, generator=torch.Generator().manual_seed(3)), dim=1)
+    preds = model._evaluate_batch({"image": torch.rand(2, 3, 16, 20) * 2 - 1, "normal": gt})
+    torch.testing.assert_close(preds["normal"].norm(dim=1), torch.ones(2, 16, 20))
+    spread = preds["normal_uncertainty"]
+    assert spread.shape == (2, 1, 16, 20) and (spread >= 0).all() and (spread <= 180).all() and spread.max() > 0
+    assert set(model.uncertainty_metrics["normal"].compute()) == {"ause_mean_angular", "aurg_mean_angular"}
+
+
 def test_predict_writes_the_uncertainty_files(tmp_path):
     model = make_model(formulation=Generative(pure_noise_at_terminal=True), ensemble=Ensemble(size=3)).eval()
     image = torch.rand(1, 3, 16, 20) * 2 - 1
