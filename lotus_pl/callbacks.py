@@ -16,11 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import WeightAveraging
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
 from lotus_pl.data.videos import output_stem
+from lotus_pl.ensembles import uncertainty_key
+from lotus_pl.ensembles.confidence import save_uncertainty
 from lotus_pl.tasks.depth import Depth
 from lotus_pl.temporal import TemporalConsistencyMeter
 
@@ -30,7 +33,8 @@ log = logging.getLogger(__name__)
 class PredictionWriter(Callback):
     """Write each prediction of ``lotus_pl predict`` next to its input's name, at the input's size.
 
-    A video frame ``clip.mp4#000012`` is written as ``clip_000012_*``. For depth predicted on videos,
+    A video frame ``clip.mp4#000012`` is written as ``clip_000012_*``. With an ensemble, each task's
+    uncertainty is also written as ``<name>_<task>_uncertainty.npy`` and a colour-mapped ``.png``. For depth predicted on videos,
     it also measures each video's temporal consistency (:mod:`lotus_pl.temporal`) and at the end
     writes ``<video stem>_temporal.json`` and prints the figure.
 
@@ -62,6 +66,12 @@ class PredictionWriter(Callback):
                 if "size" in batch:  # at the original size (the loader may have resized the input)
                     pred = task.resize_for(pred.float(), tuple(int(n) for n in batch["size"][i]))
                 files += task.save(pred[0].float().cpu().numpy(), self.output_dir, output_stem(path))
+                spread = prediction.get(uncertainty_key(task.name))
+                if spread is not None:  # an ensemble's <name>_<task>_uncertainty.npy / .png
+                    spread = spread[i : i + 1].float()
+                    if "size" in batch:
+                        spread = F.interpolate(spread, size=tuple(int(n) for n in batch["size"][i]), mode="bilinear", align_corners=False)
+                    files += save_uncertainty(spread[0, 0].cpu().numpy(), self.output_dir, output_stem(path), task.name)
             log.info("%s -> %s", path, ", ".join(f.name for f in files))
 
     def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:

@@ -181,7 +181,7 @@ def model_index(folder: Path, model: LotusModel) -> dict[str, Any]:
         "vae": component("vae", "diffusers", "AutoencoderKL"),
         "task": f"{type(task).__module__}.{type(task).__name__}",
         "task_index": 0,
-        "default_processing_resolution": model.processing_resolution,
+        "default_processing_resolution": int(model.inference_resolution),  # the training size unless set
         "default_denoising_steps": len(timesteps),
         "pure_noise_at_terminal": bool(getattr(model.formulation, "pure_noise_at_terminal", False)),
         "space_to_depth": 0 if (folder / "vae").is_dir() else model.codec.downsample,

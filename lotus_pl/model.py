@@ -32,10 +32,12 @@ from torch import Tensor
 from lotus_pl.codecs import Codec, SpaceToDepth
 from lotus_pl.data.images import processing_size
 from lotus_pl.denoisers import DenoiserFactory
+from lotus_pl.ensembles import Ensemble, uncertainty_key
 from lotus_pl.formulations import Deterministic, Formulation
 from lotus_pl.parameterizations import Parameterization, Sample
 from lotus_pl.schedules import NoiseSchedule, SingleStep, TimestepSchedule
 from lotus_pl.tasks import Task
+from lotus_pl.visualize import colorize
 
 
 def task_switch(index: int, num_states: int, batch_size: int, device: torch.device) -> Tensor:
@@ -92,6 +94,9 @@ class LotusModel(LightningModule):
         video_init: Lotus-G on video frames (``predict`` on a video, in order): start each frame from
             the previous frame's predicted latent, taken through the forward process to the first
             inference timestep with the seeded noise, instead of from the noise alone.
+        ensemble: predict several members (Lotus-G seeds, test-time views) and combine them, with
+            a per-pixel ``<task>_uncertainty``; validation / test then also score it (AUSE / AURG).
+            None (default): one call.
     """
 
     def __init__(
@@ -114,6 +119,7 @@ class LotusModel(LightningModule):
         tile_overlap: int = 64,
         seed: int = 0,
         video_init: bool = False,
+        ensemble: Ensemble | None = None,
     ) -> None:
         super().__init__()
         self.tasks: list[Task] = [task] if isinstance(task, Task) else list(task)
@@ -152,6 +158,13 @@ class LotusModel(LightningModule):
         self.register_buffer("text_context", denoiser.text_context(), persistent=False)
         self.size_multiple = codec.downsample * latent_size_multiple(self.unet)
         self.val_metrics = torch.nn.ModuleDict({t.name: t.metric() for t in self.tasks})
+        self.ensemble = ensemble
+        if ensemble is not None:
+            ensemble.check(self.tasks, samples_noise=not isinstance(formulation, Deterministic), tiled=tile_size > 0)
+            if video_init:
+                raise ValueError("video_init starts one sampling from the previous frame; it cannot be combined with an ensemble")
+        uncertainty = {t.name: ensemble.uncertainty_metric(t) for t in self.tasks} if ensemble is not None else {}
+        self.uncertainty_metrics = torch.nn.ModuleDict({k: m for k, m in uncertainty.items() if m is not None})
         self._previous: tuple[str, list[Tensor]] | None = None  # video_init: (sequence, latents per task)
         self._scored: set[str] = set()  # tasks with ground truth in this evaluation epoch
         # The buffers (alpha_bar, the text context, codec statistics) are constants every rank builds
@@ -286,10 +299,15 @@ class LotusModel(LightningModule):
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
-    def predict_latents(self, image_latent: Tensor, previous: list[Tensor] | None = None) -> list[Tensor]:
+    def predict_latents(self, image_latent: Tensor, previous: list[Tensor] | None = None,
+                        seeds: list[int] | None = None) -> list[Tensor]:
         """Each task's annotation latent for an image latent; the tasks share one batched UNet call
         per step (one call in all for the single step). ``previous``: the last frame's latents
-        (``video_init``)."""
+        (``video_init``). ``seeds``: ensemble members (Lotus-G noise seeds), batched into the same
+        call; each task's latents are then ``[len(seeds) * B]``, member-major, and member k is what a
+        single call with ``seed = seeds[k]`` gives."""
+        if seeds is not None:
+            return self._predict_members(image_latent, seeds)
         n, batch_size = len(self.tasks), image_latent.shape[0]
         stacked = image_latent.repeat(n, 1, 1, 1) if n > 1 else image_latent
         timesteps = self.timesteps.inference_timesteps(self.noise_schedule.num_train_timesteps)
@@ -306,6 +324,22 @@ class LotusModel(LightningModule):
         )
         return list(out.split(batch_size))
 
+    def _predict_members(self, image_latent: Tensor, seeds: list[int]) -> list[Tensor]:
+        """:meth:`predict_latents` for several noise seeds in one batched call (see ``seeds`` there)."""
+        n, batch_size, members = len(self.tasks), image_latent.shape[0], len(seeds)
+        latent = image_latent.repeat(members, 1, 1, 1)  # [member][batch]
+        stacked = latent.repeat(n, 1, 1, 1) if n > 1 else latent  # [task][member][batch]
+        shape = (n * batch_size, *image_latent.shape[1:])  # one single call's noise: [task][batch]
+        noise = torch.stack([torch.randn(shape, generator=torch.Generator(device=latent.device).manual_seed(seed),
+                                         device=latent.device, dtype=latent.dtype).unflatten(0, (n, batch_size))
+                             for seed in seeds], dim=1).flatten(0, 2)
+        timesteps = self.timesteps.inference_timesteps(self.noise_schedule.num_train_timesteps)
+        out = self.formulation.sample(
+            self._denoise(self._switch(list(range(n)), members * batch_size), n * members * batch_size), stacked,
+            timesteps, self.noise_schedule, self.parameterization, init_latent=noise,
+        )
+        return list(out.split(members * batch_size))
+
     @torch.no_grad()
     def predict_all(self, image: Tensor) -> dict[str, Tensor]:
         """Every task's prediction for ``[B, 3, H, W]`` images in [-1, 1], at their own size.
@@ -315,6 +349,8 @@ class LotusModel(LightningModule):
         ``tile_size`` set, images larger than the processing resolution are also predicted tile by
         tile at native resolution, each tile aligned to the whole-image prediction and blended.
         """
+        if self.ensemble is not None:  # each task's combined prediction and its <task>_uncertainty
+            return self.ensemble.predict(self, image)
         resolution = self.inference_resolution
         if self.tile_size and resolution and max(image.shape[-2:]) > resolution:
             return self._predict_tiled(image)
@@ -325,9 +361,11 @@ class LotusModel(LightningModule):
         """The (first) task's prediction ``[B, C, H, W]``; see :meth:`predict_all`."""
         return self.predict_all(image)[self.tasks[0].name]
 
-    def _predict_at(self, image: Tensor, resolution: int,
-                    previous: list[Tensor] | None = None) -> tuple[dict[str, Tensor], list[Tensor]]:
-        """Predictions at the input size, and the latents they were decoded from."""
+    def _predict_at(self, image: Tensor, resolution: int, previous: list[Tensor] | None = None,
+                    seeds: list[int] | None = None, chunk_size: int = 0) -> tuple[dict[str, Tensor], list[Tensor]]:
+        """Predictions at the input size, and the latents they were decoded from. With ``seeds``
+        (ensemble members), each task's output is ``[len(seeds) * B, ...]``, member-major: the image
+        is encoded once and the members run and decode ``chunk_size`` at a time (0: all at once)."""
         height, width = image.shape[-2:]
         x = image
         size = processing_size((height, width), resolution)  # the loader's resize uses the same sizes
@@ -340,10 +378,24 @@ class LotusModel(LightningModule):
             x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        latents = self.predict_latents(self.codec.encode(x), previous)
-        decoded = self.codec.decode(torch.cat(latents))[..., :h, :w].float().split(image.shape[0])
-        preds = {task.name: task.resize_for(task.decode(d), (height, width)) for task, d in zip(self.tasks, decoded)}
-        return preds, latents
+        image_latent = self.codec.encode(x)
+        if seeds is None:
+            chunks = iter([self.predict_latents(image_latent, previous)])
+        else:
+            step = chunk_size if chunk_size > 0 else len(seeds)
+            chunks = (self.predict_latents(image_latent, seeds=seeds[i : i + step]) for i in range(0, len(seeds), step))
+        preds: list[list[Tensor]] = [[] for _ in self.tasks]
+        latents: list[list[Tensor]] = [[] for _ in self.tasks]
+        for chunk in chunks:
+            decoded = self.codec.decode(torch.cat(chunk))[..., :h, :w].float().split(chunk[0].shape[0])
+            for i, (task, d) in enumerate(zip(self.tasks, decoded)):
+                preds[i].append(task.resize_for(task.decode(d), (height, width)))
+                latents[i].append(chunk[i])
+
+        def join(parts: list[Tensor]) -> Tensor:
+            return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+        return {task.name: join(p) for task, p in zip(self.tasks, preds)}, [join(lat) for lat in latents]
 
     def _predict_tiled(self, image: Tensor) -> Tensor:
         """Whole image at the processing resolution for the global layout, then overlapping native
@@ -389,6 +441,9 @@ class LotusModel(LightningModule):
             if task.gt_key in batch:
                 self._scored.add(task.name)
                 self.val_metrics[task.name].update(preds[task.name], batch[task.gt_key], self.valid_mask(batch, task))
+                if task.name in self.uncertainty_metrics:
+                    self.uncertainty_metrics[task.name].update(preds[task.name], batch[task.gt_key], self.valid_mask(batch, task),
+                                                               preds[uncertainty_key(task.name)])
         return preds
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
@@ -405,7 +460,10 @@ class LotusModel(LightningModule):
         for task in self.scored_tasks():
             for name, value in self.val_metrics[task.name].compute().items():
                 self.log(f"val/{self.metric_prefix(task)}{name}", value, sync_dist=False)
-        for metric in self.val_metrics.values():
+            if task.name in self.uncertainty_metrics:  # AUSE / AURG of the ensemble's uncertainty
+                for name, value in self.uncertainty_metrics[task.name].compute().items():
+                    self.log(f"val/{self.metric_prefix(task)}{name}", value, sync_dist=False)
+        for metric in [*self.val_metrics.values(), *self.uncertainty_metrics.values()]:
             metric.reset()
         self._scored.clear()
 
@@ -448,3 +506,6 @@ class LotusModel(LightningModule):
             ]
             panel = torch.cat([r.float().cpu().clamp(0, 1) for r in rows], dim=-1)  # input | prediction | ground truth
             experiment.add_images(f"val/{task.name}_input_prediction_truth", panel, self.global_step)
+            if uncertainty_key(task.name) in preds:  # the ensemble's spread, bright = unsure
+                spread = colorize(preds[uncertainty_key(task.name)][:max_images].float())
+                experiment.add_images(f"val/{task.name}_uncertainty", spread.cpu().clamp(0, 1), self.global_step)

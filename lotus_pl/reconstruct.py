@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from lotus_pl.data.images import IMAGE_SUFFIXES, load_image
 from lotus_pl.data.predict_inputs import list_inputs
+from lotus_pl.ensembles.confidence import drop_uncertain
 from lotus_pl.geometry import (
     FRAME_COMMENT,
     SPACES,
@@ -105,6 +106,8 @@ def reconstruct(
     min_points: int = 10,
     mesh_format: Literal["ply", "obj"] | None = None,
     max_depth_ratio: float | None = 1.1,
+    confidence_quantile: float | None = None,
+    max_uncertainty: float | None = None,
 ) -> list[dict]:
     """Turn ``lotus_pl predict``'s depth outputs into coloured point clouds (and meshes).
 
@@ -131,6 +134,9 @@ def reconstruct(
         mesh_format: also write ``<stem>_mesh.ply`` or ``<stem>_mesh.obj``.
         max_depth_ratio: mesh triangles whose vertex depths differ by more than this ratio are cut
             (discontinuities); null keeps all.
+        confidence_quantile: keep only pixels whose ``<stem>_depth_uncertainty.npy`` (an ensemble's,
+            see lotus_pl.ensembles) is at or below this quantile (0.8: drop the least sure 20 %).
+        max_uncertainty: keep only pixels whose uncertainty is at or below this value.
     """
     pred_dir = Path(predictions)
     depth_files = sorted(pred_dir.glob("*_depth.npy"))
@@ -180,6 +186,10 @@ def reconstruct(
             if max_depth is not None:
                 depth = np.where(depth <= max_depth, depth, np.nan)
             how = f"range GUESS: {space} mapped onto near {near:g} m .. far {far:g} m (no sparse depth)"
+
+        if confidence_quantile is not None or max_uncertainty is not None:
+            depth, note = drop_uncertain(depth, pred_dir, stem, confidence_quantile, max_uncertainty)
+            how = f"{how}; {note}"
 
         normal_path = pred_dir / f"{stem}_normal.npy"
         normals = None

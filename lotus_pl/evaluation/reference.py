@@ -25,6 +25,17 @@ CELL_METRICS: dict[str, tuple[tuple[str, float], ...]] = {
     "normal": (("mean", 1.0), ("a11_25", 100.0), ("a30", 100.0)),
 }
 
+#: The uncertainty cell of an ensemble's results (lotus_pl.ensembles): AUSE / AURG of the headline error.
+UNCERTAINTY_METRICS: dict[str, tuple[tuple[str, float], ...]] = {
+    "depth": (("ause_abs_rel", 100.0), ("aurg_abs_rel", 100.0)),
+    "normal": (("ause_mean_angular", 1.0), ("aurg_mean_angular", 1.0)),
+}
+
+UNCERTAINTY_TITLES: dict[str, str] = {
+    "depth": "AUSE / AURG of AbsRel, in AbsRel %",
+    "normal": "AUSE / AURG of the mean angular error, in degrees",
+}
+
 CELL_TITLES: dict[str, str] = {
     "depth": "AbsRel % / δ1 %",
     "normal": "mean° / % < 11.25° / % < 30°",
@@ -61,10 +72,11 @@ def check_task(task: str) -> str:
     return task
 
 
-def cell_values(task: str, metrics: dict[str, float | None]) -> tuple[float | None, ...]:
-    """A measured result in the paper's units (``None`` for a metric that is missing or not finite)."""
+def cell_values(task: str, metrics: dict[str, float | None], cells: dict | None = None) -> tuple[float | None, ...]:
+    """A measured result in the paper's units (``None`` for a metric that is missing or not finite);
+    ``cells``: another cell layout (``UNCERTAINTY_METRICS``) than the paper's."""
     values = []
-    for name, scale in CELL_METRICS[check_task(task)]:
+    for name, scale in (cells or CELL_METRICS)[check_task(task)]:
         value = metrics.get(name)
         values.append(None if value is None else value * scale)
     return tuple(values)

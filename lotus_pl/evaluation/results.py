@@ -85,6 +85,10 @@ class EvaluationResults(Callback):
             metric = pl_module.val_metrics[scored_task.name]
             scored[scored_task.name] = {"metrics": {name: _number(value) for name, value in metric.compute().items()},
                                         "counts": metric_counts(metric)}
+            uncertainty = getattr(pl_module, "uncertainty_metrics", {})
+            if scored_task.name in uncertainty:  # an ensemble's AUSE / AURG (lotus_pl.ensembles)
+                values = uncertainty[scored_task.name].compute().items()
+                scored[scored_task.name]["metrics"].update({name: _number(value) for name, value in values})
         per_rank = _gather(self._keys)
         keys = [key for part in per_rank for key in part]
         if not trainer.is_global_zero or not scored:

@@ -10,7 +10,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from lotus_pl.evaluation.reference import CELL_METRICS, CELL_TITLES, DATASET_TITLES, REFERENCE, cell_values, check_task
+from lotus_pl.evaluation.reference import (
+    CELL_METRICS,
+    CELL_TITLES,
+    DATASET_TITLES,
+    REFERENCE,
+    UNCERTAINTY_METRICS,
+    UNCERTAINTY_TITLES,
+    cell_values,
+    check_task,
+)
 
 MISSING = "—"
 FAILED = "failed"
@@ -45,7 +54,18 @@ def markdown_table(task: str, datasets: list[str], measured: dict[str, dict[str,
     for method, cells in REFERENCE[task].items():
         lines.append(f"| {method} | " + " | ".join(format_cell(cells.get(d)) for d in datasets) + " |")
     lines.append(f"| **{name}** (measured) | " + " | ".join(measured_cell(task, measured.get(d)) for d in datasets) + " |")
+    if any(has_uncertainty(task, measured.get(d)) for d in datasets):  # an ensemble: how good is its uncertainty
+        lines += ["", f"uncertainty: {UNCERTAINTY_TITLES[task]} (lower AUSE, higher AURG is better)", "",
+                  "| method | " + " | ".join(titles) + " |", "|---|" + "---|" * len(datasets),
+                  f"| **{name}** (measured) | " + " | ".join(
+                      format_cell(cell_values(task, measured[d]["metrics"], UNCERTAINTY_METRICS))
+                      if has_uncertainty(task, measured.get(d)) else MISSING for d in datasets) + " |"]
     return "\n".join(lines) + "\n"
+
+
+def has_uncertainty(task: str, result: dict[str, Any] | None) -> bool:
+    """Whether a dataset's results hold an ensemble's AUSE / AURG."""
+    return bool(result and "metrics" in result and UNCERTAINTY_METRICS[task][0][0] in result["metrics"])
 
 
 def table_json(task: str, datasets: list[str], measured: dict[str, dict[str, Any] | None], name: str,
@@ -57,6 +77,8 @@ def table_json(task: str, datasets: list[str], measured: dict[str, dict[str, Any
     }
     rows[name] = {d: (list(cell_values(task, r["metrics"])) if r and "metrics" in r else None)
                   for d, r in ((d, measured.get(d)) for d in datasets)}
+    uncertainty = {d: list(cell_values(task, measured[d]["metrics"], UNCERTAINTY_METRICS))
+                   for d in datasets if has_uncertainty(task, measured.get(d))}
     details = {}
     for dataset in datasets:
         result = measured.get(dataset)
@@ -71,5 +93,6 @@ def table_json(task: str, datasets: list[str], measured: dict[str, dict[str, Any
         "datasets": list(datasets),
         "measured_row": name,
         "rows": rows,
+        **({"uncertainty_cell": [n for n, _ in UNCERTAINTY_METRICS[task]], "uncertainty": uncertainty} if uncertainty else {}),
         "measured": details,
     }

@@ -64,6 +64,22 @@ class Task(ABC):
         Absolute outputs (normals) need nothing; relative ones (affine-invariant depth) override."""
         return pred
 
+    def flip_horizontal(self, pred: Tensor) -> Tensor:
+        """Mirror a ``[..., C, H, W]`` prediction left-right (test-time flip); tasks whose values
+        have a direction (normals' x) override."""
+        return pred.flip(-1)
+
+    def ensemble_reduction(self):
+        """How ensemble members of this task combine by default (``lotus_pl.ensembles``): a plain
+        per-pixel mean with the std as uncertainty; geometric tasks override."""
+        from lotus_pl.ensembles.reductions import Mean
+
+        return Mean()
+
+    def pixel_errors(self):
+        """Per-pixel errors for the sparsification evaluation of uncertainty (AUSE), or None."""
+        return None
+
     def resize_for(self, pred: Tensor, size: tuple[int, int]) -> Tensor:
         """Resize a prediction to ``size`` (H, W); tasks with constraints (unit norm) override."""
         import torch.nn.functional as F

@@ -131,6 +131,17 @@ class Depth(Task):
         scale, shift = least_squares_scale_shift(pred, reference, torch.ones_like(pred, dtype=torch.bool))
         return pred * scale.reshape(-1, 1, 1, 1) + shift.reshape(-1, 1, 1, 1)
 
+    def ensemble_reduction(self):
+        """Marigold's: align the members' scale and shift, then the median (uncertainty: MAD)."""
+        from lotus_pl.ensembles.reductions import MedianAlign
+
+        return MedianAlign()
+
+    def pixel_errors(self):
+        from lotus_pl.ensembles.sparsification import DepthPixelErrors
+
+        return DepthPixelErrors(self.encoding.alignment(), self.min_depth, self.max_depth)
+
     def metric(self) -> DepthMetrics | MetricGroup:
         metric = DepthMetrics(alignment=self.encoding.alignment(), min_depth=self.min_depth, max_depth=self.max_depth)
         if not self.edge_metrics:

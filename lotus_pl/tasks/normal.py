@@ -52,6 +52,20 @@ class Normal(Task):
     def resize_for(self, pred: Tensor, size: tuple[int, int]) -> Tensor:
         return F.normalize(super().resize_for(pred, size), dim=1, eps=1e-6)
 
+    def flip_horizontal(self, pred: Tensor) -> Tensor:
+        return hflip_normals(pred)
+
+    def ensemble_reduction(self):
+        """The normalised mean on the sphere (uncertainty: mean angle to it, degrees)."""
+        from lotus_pl.ensembles.reductions import SphereMean
+
+        return SphereMean()
+
+    def pixel_errors(self):
+        from lotus_pl.ensembles.sparsification import AngularPixelErrors
+
+        return AngularPixelErrors()
+
     def metric(self) -> NormalMetrics:
         return NormalMetrics()
 
