@@ -75,7 +75,7 @@ def export_onnx(model: LotusModel, out: Path, example_size: int | None = None) -
                       if graph.needs_noise else {})},
         "output": f"prediction [B, C, H, W] of task {type(model.tasks[0]).__name__} (lotus_pl's decoding)",
         "size_multiple": m, "latent_factor": f, "latent_channels": model.codec.latent_channels,
-        "timesteps": graph.timesteps, "processing_resolution": model.processing_resolution, "seed": model.seed,
+        "timesteps": graph.timesteps, "processing_resolution": int(model.inference_resolution), "seed": model.seed,
         "task": f"{type(model.tasks[0]).__module__}.{type(model.tasks[0]).__name__}",
     }
     (Path(out) / ONNX_META).write_text(json.dumps(meta, indent=2) + "\n")
