@@ -305,6 +305,20 @@ def test_synthetic_multiview_sequence_and_fuse_cli(tmp_path, capsys) -> None:
     for k, row in enumerate(report["views"]):
         assert row["scale"] == pytest.approx(0.5 + k, rel=0.03)
 
+    # a confidence rule: the right half of every view is unsure (an ensemble's uncertainty map)
+    with pytest.raises(FileNotFoundError, match=r"view_00_depth_uncertainty.npy is missing"):
+        main(["fuse", "--predictions", str(pred_dir), "--poses", str(scene / "colmap"), "--out", str(tmp_path / "x"),
+              "--max_uncertainty", "0.5", "--progress", "false"])
+    for cam in cams.cameras:
+        uncertainty = np.zeros((36, 48), dtype=np.float32)
+        uncertainty[:, 24:] = 1.0
+        np.save(pred_dir / f"{cam.stem}_depth_uncertainty.npy", uncertainty)
+    main(["fuse", "--predictions", str(pred_dir), "--poses", str(scene / "colmap"), "--out", str(tmp_path / "conf"),
+          "--resolution", "64", "--progress", "false", "--max_uncertainty", "0.5"])
+    confident = json.loads((tmp_path / "conf" / "report.json").read_text())
+    kept, everything = sum(confident["pixels_per_view"].values()), sum(report["pixels_per_view"].values())
+    assert 0.3 * everything < kept < 0.7 * everything
+
     # a prediction without a pose, and an image whose size contradicts the intrinsics
     np.save(pred_dir / "stray_depth.npy", np.ones((36, 48)))
     (pred_dir / "stray_depth.json").write_text(json.dumps({"space": "disparity"}))

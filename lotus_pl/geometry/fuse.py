@@ -54,9 +54,12 @@ def _read_depth(npy: Path) -> tuple[np.ndarray, str]:
 
 
 def load_views(predictions: str | Path, cameras: CameraSet, images: str | Path | None = None,
+               confidence_quantile: float | None = None, max_uncertainty: float | None = None,
                ) -> tuple[list[AlignmentView], list[np.ndarray | None], list[np.ndarray | None]]:
     """The prediction folder's views matched to their poses, with colours (from ``images``, matched
-    by stem, whose size must agree with the camera's) and OpenCV-frame normals when present."""
+    by stem, whose size must agree with the camera's) and OpenCV-frame normals when present. With a
+    confidence rule, each view's mask keeps only the pixels its ``<stem>_depth_uncertainty.npy``
+    (written by ``predict`` with an ensemble) marks as confident, for the alignment and the fusion."""
     from lotus_pl.data.images import IMAGE_SUFFIXES, load_image
 
     pred_dir = Path(predictions)
@@ -95,7 +98,16 @@ def load_views(predictions: str | Path, cameras: CameraSet, images: str | Path |
             if raw.shape != (3, *pred.shape):
                 raise ValueError(f"{normal_path}: normals are {raw.shape}, expected (3, {pred.shape[0]}, {pred.shape[1]})")
             normal = normals_to_opencv(raw)
-        views.append(AlignmentView(pred, space, camera))
+        mask = None
+        if confidence_quantile is not None or max_uncertainty is not None:
+            from lotus_pl.ensembles.confidence import confident_pixels, read_uncertainty
+
+            path = pred_dir / f"{stem}_depth_uncertainty.npy"
+            if not path.is_file():
+                raise FileNotFoundError(f"{path} is missing: a confidence rule needs the uncertainty that lotus_pl "
+                                        "predict writes with an ensemble (model.ensemble)")
+            mask = confident_pixels(read_uncertainty(path, pred.shape), confidence_quantile, max_uncertainty)
+        views.append(AlignmentView(pred, space, camera, mask))
         colors.append(color)
         normals.append(normal)
     return views, colors, normals
@@ -121,6 +133,8 @@ def fuse(
     min_incidence_cos: float = 0.1,
     mesh_format: Literal["ply", "obj"] = "ply",
     progress: bool = True,
+    confidence_quantile: float | None = None,
+    max_uncertainty: float | None = None,
 ) -> dict:
     """Align and fuse posed depth predictions into one mesh.
 
@@ -139,12 +153,15 @@ def fuse(
         min_incidence_cos: with normals, drop pixels seen at grazing incidence (|cos| below this).
         mesh_format: ply or obj.
         progress: show a progress bar.
+        confidence_quantile: keep per view only the pixels at or below this quantile of its
+            ``<stem>_depth_uncertainty.npy`` (0.8 drops the least sure 20 %).
+        max_uncertainty: keep only pixels whose uncertainty is at most this.
     """
     from tqdm import tqdm
 
     o3d = import_open3d()
     cameras = read_poses(poses)
-    views, colors, normals = load_views(predictions, cameras, images)
+    views, colors, normals = load_views(predictions, cameras, images, confidence_quantile, max_uncertainty)
     aligner = align if align is not None else default_aligner(views, cameras)
     print(f"{len(views)} views from {predictions}, poses {cameras.source}; alignment: {type(aligner).__name__}")
     report: list[ViewAlignment] = aligner.align(views, cameras)
