@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from lotus_pl.cli import main
-from tests.test_model import make_model
+from test_model import make_model
 
 ROOT = Path(__file__).resolve().parents[1]
 

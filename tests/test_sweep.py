@@ -216,7 +216,8 @@ def test_resume_picks_the_newest_complete_checkpoint(tmp_path):
 SPECS = sorted((ROOT / "experiments" / "ablations").glob("*.yaml"))
 
 
-@pytest.mark.parametrize("spec_path", [p for p in SPECS if not p.name.endswith("_base.yaml")]  # *_base.yaml: configs the specs compose, ids=lambda p: p.stem)
+# *_base.yaml are configs that the specs compose, not specs
+@pytest.mark.parametrize("spec_path", [p for p in SPECS if not p.name.endswith("_base.yaml")], ids=lambda p: p.stem)
 def test_every_shipped_spec_expands_to_valid_configs(spec_path, tmp_path, monkeypatch, capsys):
     from lotus_pl.cli import main
 

@@ -32,7 +32,7 @@ from lotus_pl.data.videos import VIDEO_SUFFIXES, VideoError, iter_frames, probe_
 from lotus_pl.demo.glb import write_glb
 from lotus_pl.geometry import FRAME_COMMENT, Intrinsics, backproject, mesh_from_depth, normals_to_opencv, relative_to_depth, valid_depth
 from lotus_pl.model import LotusModel
-from lotus_pl.plyobj import write_ply
+from lotus_pl.geometry.meshio import write_ply
 from lotus_pl.tasks.depth import Depth
 from lotus_pl.tasks.normal import Normal
 
