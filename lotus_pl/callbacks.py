@@ -140,7 +140,7 @@ class LearningReport(Callback):
         datamodule = trainer.datamodule
         sets = {"val": datamodule.val_dataloader}
         for name in getattr(datamodule, "zero_shot", {}):
-            sets[f"zero_shot/{name}"] = lambda name=name: datamodule.zero_shot_dataloaders()[name]
+            sets[f"zero_shot/{name}"] = lambda name=name: datamodule.zero_shot_dataloader(name)
         return sets
 
     def _score(self, trainer: Trainer, pl_module: LightningModule, predict) -> dict[str, dict[str, float]]:

@@ -540,9 +540,9 @@ class DenseDataModule(LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader(self.val_manifest, "val")
 
-    def zero_shot_dataloaders(self) -> dict[str, DataLoader]:
-        """One evaluation loader per held-out set of ``zero_shot``."""
-        return {name: self._eval_loader(manifest, f"zero-shot {name}") for name, manifest in self.zero_shot.items()}
+    def zero_shot_dataloader(self, name: str) -> DataLoader:
+        """The evaluation loader of the held-out set ``name`` of ``zero_shot``."""
+        return self._eval_loader(self.zero_shot[name], f"zero-shot {name}")
 
     def test_dataloader(self) -> DataLoader:
         return self._eval_loader(self.test_manifest or self.val_manifest, "test")
