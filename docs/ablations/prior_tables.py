@@ -40,19 +40,21 @@ def finished(runs: list[dict]) -> list[dict]:
 def prior_vs_scratch(results: dict) -> str:
     head = ["labelled rooms", "init", "seeds", "AbsRel", "δ1"] + [f"{d} AbsRel / δ1" for d in DOMAINS]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    baselines: dict[str, list[dict]] = {}
+    by_init: dict[str, list[dict]] = {}
     for label, runs in groups(results).items():
         done = finished(runs)
         init = "prior" if "Pretrained" in str(runs[0].get("denoiser")) else "scratch"
-        size = runs[0].get("num_train")
-        baselines.setdefault(size, []).extend(done)
+        by_init.setdefault(init, []).extend(done)
         zero = [f"{cell(done, f'zero_shot/{d}/abs_rel')} / {cell(done, f'zero_shot/{d}/delta1')}" for d in DOMAINS]
-        lines.append(f"| {size} | {init} | {len(done)}/{len(runs)} | {cell(done, 'abs_rel')} | {cell(done, 'delta1')} | " + " | ".join(zero) + " |")
-    everything = [r for runs in baselines.values() for r in runs]
-    for kind in ("untrained", "mean_target"):
-        zero = [f"{cell(everything, f'zero_shot/{d}/baseline_{kind}_abs_rel')} / {cell(everything, f'zero_shot/{d}/baseline_{kind}_delta1')}"
+        lines.append(f"| {runs[0].get('num_train')} | {init} | {len(done)}/{len(runs)} | {cell(done, 'abs_rel')} | "
+                     f"{cell(done, 'delta1')} | " + " | ".join(zero) + " |")
+    # "untrained" is each run's own initial model: a random UNet (scratch) or the prior before fine-tuning
+    rows = [(f"{init} before fine-tuning", "untrained", runs) for init, runs in by_init.items()]
+    rows.append(("mean training target", "mean_target", [r for runs in by_init.values() for r in runs]))
+    for name, kind, runs in rows:
+        zero = [f"{cell(runs, f'zero_shot/{d}/baseline_{kind}_abs_rel')} / {cell(runs, f'zero_shot/{d}/baseline_{kind}_delta1')}"
                 for d in DOMAINS]
-        lines.append(f"| (baseline) | {kind.replace('_', ' ')} | | {cell(everything, f'baseline_{kind}')} | | " + " | ".join(zero) + " |")
+        lines.append(f"| (baseline) | {name} | | {cell(runs, f'baseline_{kind}')} | | " + " | ".join(zero) + " |")
     return "\n".join(lines)
 
 
