@@ -55,6 +55,9 @@ def test_predictor_writes_every_task_and_names_bad_uploads(tmp_path):
     predictor = DemoPredictor(model, tmp_path / "out")
     result = predictor.run(EXAMPLE)  # 128 px, predicted at the recorded 32 px
     assert "at 32 px" in result.message and [c for _, c in result.gallery] == ["input", "depth", "normal"]
+    stages = result.extra["stages_s"]  # where an upload's time goes (the latency benchmark reports it)
+    assert list(stages) == ["read", "predict", "maps_and_files", "ply", "view"]
+    assert all(v >= 0 for v in stages.values()) and sum(stages.values()) <= result.seconds
     names = sorted(p.name for p in result.files)
     assert names == sorted(["scene_0_depth.png", "scene_0_depth.npy", "scene_0_depth_color.png", "scene_0_depth.json",
                             "scene_0_normal.png", "scene_0_normal.npy", "scene_0.ply"])
