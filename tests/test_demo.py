@@ -24,6 +24,7 @@ from lotus_pl.codecs import SpaceToDepth
 from lotus_pl.demo.glb import read_glb, write_glb
 from lotus_pl.demo.predictor import DemoPredictor, UploadError
 from lotus_pl.denoisers import SmallUNet
+from lotus_pl.geometry.meshio import read_ply
 from lotus_pl.model import LotusModel
 from lotus_pl.tasks import Depth, Normal
 
@@ -67,6 +68,9 @@ def test_predictor_writes_every_task_and_names_bad_uploads(tmp_path):
     assert png.dtype == np.uint16 and np.array_equal(png, np.round(np.clip(depth, 0, 1) * 65535).astype(np.uint16))
     _, positions, _, faces = read_glb(result.view)
     assert len(positions) == 128 * 128 and len(faces) > 0  # the view mesh: at most view_size (256) across
+    capped = DemoPredictor(model, tmp_path / "capped", view_size=40).run(EXAMPLE)  # the 3D view is bounded ...
+    assert len(read_glb(capped.view)[1]) == 40 * 40
+    assert len(read_ply(next(p for p in capped.files if p.suffix == ".ply")).points) == 128 * 128  # ... the PLY is not
     native = predictor.run(EXAMPLE, resolution=0, seed=3)
     assert "native size, seed 3" in native.message and model.seed == 3
     bad = tmp_path / "broken.png"
