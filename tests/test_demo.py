@@ -24,6 +24,7 @@ from lotus_pl.codecs import SpaceToDepth
 from lotus_pl.demo.glb import read_glb, write_glb
 from lotus_pl.demo.predictor import DemoPredictor, UploadError
 from lotus_pl.denoisers import SmallUNet
+from lotus_pl.geometry.meshio import read_ply
 from lotus_pl.model import LotusModel
 from lotus_pl.tasks import Depth, Normal
 
@@ -55,6 +56,9 @@ def test_predictor_writes_every_task_and_names_bad_uploads(tmp_path):
     predictor = DemoPredictor(model, tmp_path / "out")
     result = predictor.run(EXAMPLE)  # 128 px, predicted at the recorded 32 px
     assert "at 32 px" in result.message and [c for _, c in result.gallery] == ["input", "depth", "normal"]
+    stages = result.extra["stages_s"]  # where an upload's time goes (the latency benchmark reports it)
+    assert list(stages) == ["read", "predict", "maps_and_files", "ply", "view"]
+    assert all(v >= 0 for v in stages.values()) and sum(stages.values()) <= result.seconds
     names = sorted(p.name for p in result.files)
     assert names == sorted(["scene_0_depth.png", "scene_0_depth.npy", "scene_0_depth_color.png", "scene_0_depth.json",
                             "scene_0_normal.png", "scene_0_normal.npy", "scene_0.ply"])
@@ -64,6 +68,9 @@ def test_predictor_writes_every_task_and_names_bad_uploads(tmp_path):
     assert png.dtype == np.uint16 and np.array_equal(png, np.round(np.clip(depth, 0, 1) * 65535).astype(np.uint16))
     _, positions, _, faces = read_glb(result.view)
     assert len(positions) == 128 * 128 and len(faces) > 0  # the view mesh: at most view_size (256) across
+    capped = DemoPredictor(model, tmp_path / "capped", view_size=40).run(EXAMPLE)  # the 3D view is bounded ...
+    assert len(read_glb(capped.view)[1]) == 40 * 40
+    assert len(read_ply(next(p for p in capped.files if p.suffix == ".ply")).points) == 128 * 128  # ... the PLY is not
     native = predictor.run(EXAMPLE, resolution=0, seed=3)
     assert "native size, seed 3" in native.message and model.seed == 3
     bad = tmp_path / "broken.png"

@@ -52,7 +52,7 @@ class DemoResult:
     message: str
     seconds: float
     video: Path | None = None
-    extra: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)  # "stages_s": wall seconds per stage (an image; a video: its first frame's files)
 
 
 def _uint8(picture: torch.Tensor) -> np.ndarray:
@@ -118,9 +118,12 @@ class DemoPredictor:
             result = self._run_video(path, out, resolution)
         else:
             image, size = self._load(path, resolution)
+            read = time.perf_counter()
             preds = self._predict(image, size)
+            predicted = time.perf_counter()
             colors = _uint8((load_image(path) + 1) / 2) if tuple(image.shape[-2:]) != size else _uint8((image + 1) / 2)
             result = self._outputs(path.stem, colors, preds, out)
+            result.extra["stages_s"] = {"read": read - start, "predict": predicted - read, **result.extra["stages_s"]}
         result.seconds = time.perf_counter() - start
         where = f"{resolution} px (longest edge)" if resolution else "native size"
         result.message = (f"{path.name}: {', '.join(t.name for t in self.model.tasks)} at {where}, seed {seed}, "
@@ -129,11 +132,13 @@ class DemoPredictor:
 
     def _outputs(self, stem: str, colors: np.ndarray, preds: dict[str, torch.Tensor], out: Path) -> DemoResult:
         """Pictures, task files, point cloud and 3D view of one image's predictions."""
+        start = time.perf_counter()
         gallery, files = [(colors, "input")], []
         for task in self.model.tasks:
             pred = preds[task.name]
             gallery.append((_uint8(task.visualize(pred)[0]), task.name))
             files += task.save(pred[0].numpy(), out, stem)
+        stages = {"maps_and_files": time.perf_counter() - start}
         view, note = None, ""
         depth_tasks = [t for t in self.model.tasks if isinstance(t, Depth)]
         if depth_tasks:
@@ -148,13 +153,16 @@ class DemoPredictor:
                         f"intrinsics: GUESSED from a {self.fov:g} degree horizontal field of view"]
             files.append(write_ply(out / f"{stem}.ply", backproject(depth, camera), colors[valid],
                                    None if normals is None else normals[valid], comments=comments))
+            ply_done = time.perf_counter()
+            stages["ply"] = ply_done - start - stages["maps_and_files"]
             scale = min(1.0, self.view_size / max(height, width))
             small = (max(2, round(height * scale)), max(2, round(width * scale)))
             mesh = mesh_from_depth(resize_nearest(depth, *small), camera.resized((height, width), small),
                                    colors=resize_nearest(colors, *small))
             view = write_glb(out / f"{stem}_view.glb", mesh.vertices, mesh.faces, mesh.colors)
+            stages["view"] = time.perf_counter() - ply_done
             note = f"3D: relative depth shown over a guessed {self.near:g}-{self.far:g} m range and {self.fov:g} degree view."
-        return DemoResult(gallery, files, view, note, 0.0)
+        return DemoResult(gallery, files, view, note, 0.0, extra={"stages_s": stages})
 
     # ------------------------------------------------------------------ a video
     def _run_video(self, path: Path, out: Path, resolution: int) -> DemoResult:
