@@ -15,10 +15,12 @@ Each ``--run label=dir`` is a ``lotus_pl fit`` run directory (its ``config.yaml`
 from __future__ import annotations
 
 import argparse
+import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
 import torch
+import yaml
 
 from lotus_pl.cli import LotusCLI
 from lotus_pl.edge_metrics import _near, depth_edges
@@ -27,7 +29,12 @@ from lotus_pl.visualize import colorize
 
 def load_run(run_dir: Path):
     """The run's model (its last checkpoint) and validation loader."""
-    cli = LotusCLI(args=["--config", str(run_dir / "config.yaml"), "--trainer.logger=false"], run=False)
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    for key in ("ckpt_path", "weights_only"):  # the fit subcommand's own options, saved with the config
+        config.pop(key, None)
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        yaml.safe_dump(config, f)
+    cli = LotusCLI(args=["--config", f.name, "--trainer.logger=false"], run=False)
     model, datamodule = cli.model, cli.datamodule
     checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     model.on_load_checkpoint(checkpoint)
