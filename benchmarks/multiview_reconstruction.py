@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import pickle
 import time
 from pathlib import Path
 
@@ -112,6 +113,8 @@ def main() -> None:
     parser.add_argument("--resolution", type=int, default=128, help="TSDF voxels across the scene's diagonal")
     parser.add_argument("--joint_samples", type=int, default=1000, help="JointAlignment pixels per view")
     parser.add_argument("--out", default="docs/benchmarks/multiview_reconstruction.json")
+    parser.add_argument("--save_views", help="folder: pickle each scene's predictions, cameras and masks "
+                        "(scene_<seed>.pkl, the --cache of benchmarks/joint_alignment.py)")
     parser.add_argument("--combine", nargs="+", help="only merge these result JSONs into --out")
     args = parser.parse_args()
     if args.combine:
@@ -136,6 +139,11 @@ def main() -> None:
             images = torch.stack([torch.from_numpy(v.rgb).permute(2, 0, 1).float() / 127.5 - 1 for v in seq.views])
             preds = model.predict_image(images)[:, 0].double().numpy()
         space = model.tasks[0].encoding.space
+        if args.save_views:
+            Path(args.save_views).mkdir(parents=True, exist_ok=True)
+            (Path(args.save_views) / f"scene_{args.seed + i}.pkl").write_bytes(pickle.dumps(
+                {"preds": preds, "space": space, "cameras": seq.posed.cameras, "masks": masks, "seed": args.seed + i,
+                 "ckpt": args.ckpt}))
         pred_views = [AlignmentView(p, space, c, m) for p, c, m in zip(preds, seq.posed.cameras, masks)]
         gt_views = [AlignmentView(np.where(t > 0, t, np.nan), "metric", c) for t, c in zip(truth, seq.posed.cameras)]
         cases = {"gt": (MetricDepth(), gt_views), "joint": (JointAlignment(max_samples=args.joint_samples), pred_views),

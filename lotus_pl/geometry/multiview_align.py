@@ -95,28 +95,8 @@ def apply_scale_shift(view: AlignmentView, scale: float, shift: float, max_depth
 
 
 # --------------------------------------------------------------------------- #
-# Correspondences between two views
+# Correspondences between views
 # --------------------------------------------------------------------------- #
-def _bilinear(values: np.ndarray, valid: np.ndarray, uv: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Bilinear lookup at pixel coordinates ``uv`` (centres at +0.5): value, d/du, d/dv and whether
-    all four neighbours are valid and inside."""
-    h, w = values.shape
-    x, y = uv[:, 0] - 0.5, uv[:, 1] - 0.5
-    with np.errstate(invalid="ignore"):
-        inside = np.isfinite(x) & np.isfinite(y) & (x >= 0) & (y >= 0) & (x <= w - 1) & (y <= h - 1)
-    x0 = np.clip(np.floor(np.where(inside, x, 0)).astype(np.int64), 0, max(w - 2, 0))
-    y0 = np.clip(np.floor(np.where(inside, y, 0)).astype(np.int64), 0, max(h - 2, 0))
-    a, b = np.where(inside, x - x0, 0.0), np.where(inside, y - y0, 0.0)
-    x1, y1 = np.minimum(x0 + 1, w - 1), np.minimum(y0 + 1, h - 1)
-    ok = inside & valid[y0, x0] & valid[y0, x1] & valid[y1, x0] & valid[y1, x1]
-    v = np.where(valid, values, 0.0)
-    p00, p10, p01, p11 = v[y0, x0], v[y0, x1], v[y1, x0], v[y1, x1]
-    value = (1 - a) * (1 - b) * p00 + a * (1 - b) * p10 + (1 - a) * b * p01 + a * b * p11
-    du = (1 - b) * (p10 - p00) + b * (p11 - p01)
-    dv = (1 - a) * (p01 - p00) + a * (p11 - p10)
-    return value, du, dv, ok
-
-
 def _samples(view: AlignmentView, max_samples: int) -> tuple[np.ndarray, np.ndarray]:
     """Pixel centres ``[N, 2]`` of a regular sub-grid of the valid pixels, and their flat indices."""
     h, w = view.pred.shape
@@ -128,87 +108,142 @@ def _samples(view: AlignmentView, max_samples: int) -> tuple[np.ndarray, np.ndar
 
 
 @dataclass
-class _Pair:
-    """Precomputed geometry of view i's samples seen from view j: Y = A + B * d_i."""
+class _Correspondences:
+    """Every sample of every ordered view pair ``(i, j)``, ``i != j``, as one row, the rows in pair
+    order: view i's sample pixel lifted with i's depth ``d_i`` lands at ``Y = A + B * d_i`` in j's
+    camera frame. Everything that does not depend on the scales and shifts is computed once here
+    (rays, relative poses, j's intrinsics and its prediction stacked with the others'), so that one
+    evaluation of all the residuals is a few dozen array operations over all pairs together,
+    rather than per pair: the solver evaluates them hundreds of times."""
 
-    i: int
-    j: int
-    flat: np.ndarray  # sample indices into view i
-    p_i: np.ndarray
-    A: np.ndarray  # [3] R_j^T (C_i - C_j)
-    B: np.ndarray  # [N, 3] R_j^T R_i ray
+    pairs: list[tuple[int, int]]
+    owner: np.ndarray  # [M] pair index of each row
+    src: np.ndarray  # [M] view i
+    dst: np.ndarray  # [M] view j
+    cols: np.ndarray  # [M, 4] the unknowns a row depends on: s_i, t_i, s_j, t_j
+    p_src: np.ndarray  # [M] i's prediction at the sample
+    A: np.ndarray  # [M, 3] R_j^T (C_i - C_j)
+    B: np.ndarray  # [M, 3] R_j^T R_i ray
+    src_disparity: np.ndarray  # [M] whether i / j predict disparity (else depth)
+    dst_disparity: np.ndarray
+    fx: np.ndarray  # [M] j's intrinsics and size
+    fy: np.ndarray
+    cx: np.ndarray
+    cy: np.ndarray
+    width: np.ndarray
+    height: np.ndarray
+    base: np.ndarray  # [M] offset of j's image in the flat stacks
+    row_stride: int  # width of the stacks
+    values: np.ndarray  # flat stacked predictions [K * H * W], 0 where invalid
+    valid: np.ndarray  # flat stacked validity
 
 
-def _pairs(views: list[AlignmentView], max_samples: int) -> list[_Pair]:
+def _correspondences(views: list[AlignmentView], max_samples: int) -> _Correspondences:
+    num = len(views)
+    hmax, wmax = max(v.pred.shape[0] for v in views), max(v.pred.shape[1] for v in views)
+    values, valid = np.zeros((num, hmax, wmax)), np.zeros((num, hmax, wmax), dtype=bool)
+    for k, v in enumerate(views):
+        h, w = v.pred.shape
+        ok = v.valid
+        valid[k, :h, :w], values[k, :h, :w] = ok, np.where(ok, v.pred, 0.0)
+    rows: dict[str, list[np.ndarray]] = {key: [] for key in ("src", "dst", "p", "A", "B")}
     pairs = []
     for i, vi in enumerate(views):
         uv, flat = _samples(vi, max_samples)
         k = vi.camera.intrinsics
         rays = np.stack([(uv[:, 0] - k.cx) / k.fx, (uv[:, 1] - k.cy) / k.fy, np.ones(len(uv))], axis=-1)
+        p_i = vi.pred.ravel()[flat]
         for j, vj in enumerate(views):
             if i == j:
                 continue
             rj = vj.camera.rotation
-            pairs.append(_Pair(i, j, flat, vi.pred.ravel()[flat], rj.T @ (vi.camera.center - vj.camera.center),
-                               rays @ (rj.T @ vi.camera.rotation).T))
-    return pairs
+            pairs.append((i, j))
+            rows["src"].append(np.full(len(flat), i))
+            rows["dst"].append(np.full(len(flat), j))
+            rows["p"].append(p_i)
+            rows["A"].append(np.broadcast_to(rj.T @ (vi.camera.center - vj.camera.center), (len(flat), 3)))
+            rows["B"].append(rays @ (rj.T @ vi.camera.rotation).T)
+    src, dst = np.concatenate(rows["src"]).astype(np.int64), np.concatenate(rows["dst"]).astype(np.int64)
+    owner = np.repeat(np.arange(len(pairs)), [len(r) for r in rows["src"]])
+    disparity = np.array([v.space == "disparity" for v in views])
+    intr = np.array([[v.camera.intrinsics.fx, v.camera.intrinsics.fy, v.camera.intrinsics.cx, v.camera.intrinsics.cy]
+                     for v in views], dtype=np.float64)
+    sizes = np.array([v.pred.shape for v in views], dtype=np.int64)
+    return _Correspondences(
+        pairs, owner, src, dst, np.stack([2 * src, 2 * src + 1, 2 * dst, 2 * dst + 1], axis=1),
+        np.concatenate(rows["p"]), np.concatenate(rows["A"]), np.concatenate(rows["B"]),
+        disparity[src], disparity[dst], *(intr[dst, c] for c in range(4)), sizes[dst, 1], sizes[dst, 0],
+        dst * hmax * wmax, wmax, values.ravel(), valid.ravel())
 
 
-def _to_depth(space: str, value: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Depth and d depth / d value of the metric value in ``space``."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        if space == "disparity":
-            return 1.0 / value, -1.0 / value**2
-        return value, np.ones_like(value)
+def _bilinear(c: _Correspondences, u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Bilinear lookup of each row's target prediction at pixel coordinates ``(u, v)`` (centres at
+    +0.5): value, d/du, d/dv and whether all four neighbours are valid and inside."""
+    h, w = c.height, c.width
+    x, y = u - 0.5, v - 0.5
+    with np.errstate(invalid="ignore"):
+        inside = np.isfinite(x) & np.isfinite(y) & (x >= 0) & (y >= 0) & (x <= w - 1) & (y <= h - 1)
+    x0 = np.clip(np.floor(np.where(inside, x, 0)).astype(np.int64), 0, np.maximum(w - 2, 0))
+    y0 = np.clip(np.floor(np.where(inside, y, 0)).astype(np.int64), 0, np.maximum(h - 2, 0))
+    a, b = np.where(inside, x - x0, 0.0), np.where(inside, y - y0, 0.0)
+    x1, y1 = np.minimum(x0 + 1, w - 1), np.minimum(y0 + 1, h - 1)
+    top, bottom = c.base + y0 * c.row_stride, c.base + y1 * c.row_stride
+    i00, i10, i01, i11 = top + x0, top + x1, bottom + x0, bottom + x1
+    ok = inside & c.valid[i00] & c.valid[i10] & c.valid[i01] & c.valid[i11]
+    p00, p10, p01, p11 = c.values[i00], c.values[i10], c.values[i01], c.values[i11]
+    value = (1 - a) * (1 - b) * p00 + a * (1 - b) * p10 + (1 - a) * b * p01 + a * b * p11
+    du = (1 - b) * (p10 - p00) + b * (p11 - p01)
+    dv = (1 - a) * (p01 - p00) + a * (p11 - p10)
+    return value, du, dv, ok
 
 
-def _residuals(views: list[AlignmentView], pairs: list[_Pair], theta: np.ndarray, jacobian: bool = True):
-    """Relative residual ``z_j / d_j(x') - 1`` of every sample of every pair (NaN where undefined),
-    its Jacobian ``[M, 2K]`` (dense rows with 4 non-zeros) and the pair index of each row."""
-    rs, js, owner = [], [], []
-    for index, pair in enumerate(pairs):
-        vi, vj = views[pair.i], views[pair.j]
-        si, ti, sj, tj = theta[2 * pair.i], theta[2 * pair.i + 1], theta[2 * pair.j], theta[2 * pair.j + 1]
-        d_i, dd_dvalue = _to_depth(vi.space, si * pair.p_i + ti)
-        Y = pair.A + pair.B * d_i[:, None]
+def _residuals(c: _Correspondences, theta: np.ndarray, jacobian: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+    """Relative residual ``z_j / d_j(x') - 1`` of every row (NaN where undefined) and, with
+    ``jacobian``, its non-zero derivatives ``[M, 4]`` with respect to ``theta[c.cols]``."""
+    s, t = theta[0::2], theta[1::2]
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        value = s[c.src] * c.p_src + t[c.src]
+        d_i = np.where(c.src_disparity, 1.0 / value, value)
+        Y = c.A + c.B * d_i[:, None]
         z = Y[:, 2]
-        k = vj.camera.intrinsics
-        with np.errstate(divide="ignore", invalid="ignore"):
-            uv = np.stack([k.fx * Y[:, 0] / z + k.cx, k.fy * Y[:, 1] / z + k.cy], axis=-1)
-        P, Pu, Pv, ok = _bilinear(vj.pred, vj.valid, uv)
-        D_j = sj * P + tj
-        with np.errstate(divide="ignore", invalid="ignore"):
-            if vj.space == "disparity":
-                h, dh = D_j, np.ones_like(D_j)
-            else:
-                h, dh = 1.0 / D_j, -1.0 / D_j**2
-            r = z * h - 1.0
-        ok &= (d_i > 0) & (z > 0) & (D_j > 0) & np.isfinite(r)
-        r = np.where(ok, r, np.nan)
-        rs.append(r)
-        owner.append(np.full(len(r), index))
-        if jacobian:
-            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-                du_dd = k.fx * (pair.B[:, 0] * z - Y[:, 0] * pair.B[:, 2]) / z**2
-                dv_dd = k.fy * (pair.B[:, 1] * z - Y[:, 1] * pair.B[:, 2]) / z**2
-                dr_dd = pair.B[:, 2] * h + z * dh * sj * (Pu * du_dd + Pv * dv_dd)
-            J = np.zeros((len(r), len(theta)))
-            J[:, 2 * pair.i] = dr_dd * dd_dvalue * pair.p_i
-            J[:, 2 * pair.i + 1] = dr_dd * dd_dvalue
-            J[:, 2 * pair.j] = z * dh * P
-            J[:, 2 * pair.j + 1] = z * dh
-            J[~ok] = 0.0
-            js.append(J)
-    r = np.concatenate(rs)
-    return r, (np.concatenate(js) if jacobian else None), np.concatenate(owner)
+        u, v = c.fx * Y[:, 0] / z + c.cx, c.fy * Y[:, 1] / z + c.cy
+    P, Pu, Pv, ok = _bilinear(c, u, v)
+    sj = s[c.dst]
+    D_j = sj * P + t[c.dst]
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        h = np.where(c.dst_disparity, D_j, 1.0 / D_j)
+        r = z * h - 1.0
+    ok &= (d_i > 0) & (z > 0) & (D_j > 0) & np.isfinite(r)
+    r = np.where(ok, r, np.nan)
+    if not jacobian:
+        return r, None
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        dd_dvalue = np.where(c.src_disparity, -1.0 / value**2, 1.0)
+        dh = np.where(c.dst_disparity, 1.0, -1.0 / D_j**2)
+        du_dd = c.fx * (c.B[:, 0] * z - Y[:, 0] * c.B[:, 2]) / z**2
+        dv_dd = c.fy * (c.B[:, 1] * z - Y[:, 1] * c.B[:, 2]) / z**2
+        dr_dd = c.B[:, 2] * h + z * dh * sj * (Pu * du_dd + Pv * dv_dd)
+        J = np.stack([dr_dd * dd_dvalue * c.p_src, dr_dd * dd_dvalue, z * dh * P, z * dh], axis=1)
+    J[~ok] = 0.0
+    return r, J
+
+
+def _normal_equations(c: _Correspondences, r: np.ndarray, J: np.ndarray, rows: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """``J^T J`` ``[2K, 2K]`` and ``J^T r`` of the selected rows, summed from each row's 4 non-zeros
+    (never forming the dense ``[M, 2K]`` Jacobian, whose size grows with K^3)."""
+    Jr, cols, rr = J[rows], c.cols[rows], r[rows]
+    index = (cols[:, :, None] * size + cols[:, None, :]).ravel()
+    H = np.bincount(index, weights=(Jr[:, :, None] * Jr[:, None, :]).ravel(), minlength=size * size)
+    g = np.bincount(cols.ravel(), weights=(Jr * rr[:, None]).ravel(), minlength=size)
+    return H.reshape(size, size), g
 
 
 def correspondences(views: list[AlignmentView], theta: np.ndarray, max_samples: int = 4000) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]]]:
     """Residual of every sample, its (source, target) pair index and the list of pairs, at ``theta``
     (``[2K]``: scale, shift per view). Residuals are NaN where a sample has no counterpart."""
-    pairs = _pairs(views, max_samples)
-    r, _, owner = _residuals(views, pairs, theta, jacobian=False)
-    return r, owner, [(p.i, p.j) for p in pairs]
+    c = _correspondences(views, max_samples)
+    r, _ = _residuals(c, theta, jacobian=False)
+    return r, c.owner, c.pairs
 
 
 def depth_consistency(views: list[AlignmentView], theta: np.ndarray | None = None, max_samples: int = 4000,
@@ -225,8 +260,7 @@ def depth_consistency(views: list[AlignmentView], theta: np.ndarray | None = Non
         as_disparity.append(AlignmentView(1.0 / depth, "disparity", v.camera, v.mask))
     r, owner, pairs = correspondences(as_disparity, np.tile([1.0, 0.0], len(views)), max_samples)
     pooled = []
-    for index in range(len(pairs)):
-        values = np.abs(r[owner == index])
+    for values in np.split(np.abs(r), np.cumsum(np.bincount(owner, minlength=len(pairs)))[:-1]):  # rows in pair order
         values = values[np.isfinite(values)]
         if len(values) >= min_overlap:
             pooled.append(values)
@@ -342,7 +376,7 @@ class JointAlignment(Aligner):
     iterations: int = 80
     min_overlap: int = 50
 
-    def initial(self, views: list[AlignmentView], pairs: list[_Pair]) -> np.ndarray:
+    def initial(self, views: list[AlignmentView], corr: _Correspondences) -> np.ndarray:
         guess = RangeGuess(self.init_near, self.init_far)
         base = np.concatenate([guess.scale_shift(v.space) for v in views])
         best, best_cost = base, np.inf
@@ -350,7 +384,7 @@ class JointAlignment(Aligner):
             theta = base.copy()
             for k, v in enumerate(views):  # depth x factor: disparity / factor, depth * factor
                 theta[2 * k:2 * k + 2] *= (1 / factor) if v.space == "disparity" else factor
-            r, _, _ = _residuals(views, pairs, theta, jacobian=False)
+            r, _ = _residuals(corr, theta, jacobian=False)
             # samples without a counterpart count as a bad residual, or depths that push every
             # correspondence out of frame would look consistent
             cost = float(np.mean(np.where(np.isfinite(r), np.minimum(np.abs(r), 0.5), 0.5)))
@@ -365,8 +399,8 @@ class JointAlignment(Aligner):
                 raise ValueError(f"view {v.camera.name!r} is metric already: use MetricDepth")
         if len(views) < 2:
             raise ValueError("the joint alignment needs at least two views")
-        pairs = _pairs(views, self.max_samples)
-        theta = np.asarray(init, dtype=np.float64).copy() if init is not None else self.initial(views, pairs)
+        corr = _correspondences(views, self.max_samples)
+        theta = np.asarray(init, dtype=np.float64).copy() if init is not None else self.initial(views, corr)
         free = np.ones(len(theta), dtype=bool)
         if self.gauge_view is not None:
             if not 0 <= self.gauge_view < len(views):
@@ -379,15 +413,15 @@ class JointAlignment(Aligner):
             return float(r.sum())
 
         for iteration in range(self.iterations):
-            r, J, _ = _residuals(views, pairs, theta)
+            r, J = _residuals(corr, theta)
             finite = np.isfinite(r)
             sigma = 1.4826 * float(np.median(np.abs(r[finite]))) if finite.any() else 0.0
             floor = self.initial_cut * self.cut_decay**iteration
             cut = max(self.outlier_sigmas * sigma, floor, 1e-12)
             inlier = finite & (np.abs(np.where(finite, r, np.inf)) <= cut)
-            self._check_overlap(views, pairs, inlier)
-            Jw, rw = J[inlier][:, free], r[inlier]
-            H, g = Jw.T @ Jw, Jw.T @ rw
+            self._check_overlap(views, corr, inlier)
+            H, g = _normal_equations(corr, r, J, inlier, len(theta))
+            H, g = H[np.ix_(free, free)], g[free]
             cost = trimmed_cost(r, cut)
             step_taken = False
             for _ in range(12):
@@ -395,7 +429,7 @@ class JointAlignment(Aligner):
                 delta = np.zeros_like(theta)
                 delta[free] = -np.linalg.solve(A, g)
                 trial = theta + delta
-                r_trial, _, _ = _residuals(views, pairs, trial, jacobian=False)
+                r_trial, _ = _residuals(corr, trial, jacobian=False)
                 if trimmed_cost(r_trial, cut) <= cost:
                     theta, damping, step_taken = trial, max(damping / 10, 1e-12), True
                     break
@@ -403,22 +437,20 @@ class JointAlignment(Aligner):
             small = not step_taken or np.max(np.abs(delta) / np.maximum(np.abs(theta), 1e-12)) < 1e-13
             if small and floor <= max(self.outlier_sigmas * sigma, 1e-12):
                 break  # converged, and the floor no longer widens the trimming
-        r, _, owner = _residuals(views, pairs, theta, jacobian=False)
+        r, _ = _residuals(corr, theta, jacobian=False)
         finite = np.isfinite(r)
         sigma = 1.4826 * float(np.median(np.abs(r[finite]))) if finite.any() else 0.0
         inlier = finite & (np.abs(np.where(finite, r, np.inf)) <= max(self.outlier_sigmas * sigma, 1e-12))
-        self._check_overlap(views, pairs, inlier)
-        self._last = (r, owner, pairs)
+        self._check_overlap(views, corr, inlier)
+        self._last = (r, corr)
         return theta, r, inlier
 
-    def _check_overlap(self, views: list[AlignmentView], pairs: list[_Pair], inlier: np.ndarray) -> None:
+    def _check_overlap(self, views: list[AlignmentView], corr: _Correspondences, inlier: np.ndarray) -> None:
         """Raise naming the views that share too few correspondences with the rest."""
         counts = np.zeros((len(views), len(views)), dtype=np.int64)
-        start = 0
-        for pair in pairs:
-            n = len(pair.flat)
-            counts[pair.i, pair.j] = int(inlier[start:start + n].sum())
-            start += n
+        per_pair = np.bincount(corr.owner[inlier], minlength=len(corr.pairs))
+        for (i, j), n in zip(corr.pairs, per_pair):
+            counts[i, j] = n
         linked = (counts + counts.T) >= self.min_overlap
         alone = [views[k].camera.name for k in range(len(views)) if not linked[k].any()]
         if alone:
@@ -438,10 +470,10 @@ class JointAlignment(Aligner):
 
     def align(self, views: list[AlignmentView], cameras: CameraSet) -> list[ViewAlignment]:
         theta, r, inlier = self.solve(views)
-        _, owner, pairs = self._last
+        _, corr = self._last
         out = []
         for k, v in enumerate(views):
-            mine = np.isin(owner, [index for index, p in enumerate(pairs) if p.i == k])
+            mine = corr.src == k
             valid = mine & np.isfinite(r)
             kept = mine & inlier
             residual = float(np.median(np.abs(r[kept]))) if kept.any() else float("nan")
