@@ -21,12 +21,11 @@ import argparse
 import json
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import torch
 
-from lotus_pl.cli import LotusCLI
+from lotus_pl.cli import load_for_evaluation
 from lotus_pl.ensembles import DepthPixelErrors, Ensemble, HorizontalFlip, MeanAlign, Rescale, SparsificationMetrics
 
 #: name -> the ensemble (None: one plain call, the baseline of the time ratios)
@@ -48,17 +47,8 @@ SETTINGS: dict[str, dict[str, Ensemble | None]] = {
 
 def load(configs: list[str], ckpt_path: str):
     """The model and validation loader of ``configs``, with the checkpoint's weights."""
-    args = [a for c in configs for a in ("--config", c)] + ["--trainer.logger=false"]
-    cli = LotusCLI(args=args, run=False)
-    model, datamodule = cli.model, cli.datamodule
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    model.on_load_checkpoint(checkpoint)
-    model.load_state_dict(checkpoint["state_dict"])
-    # the loader decodes the ground truth of the model's tasks, which it reads from its trainer
-    datamodule.trainer = SimpleNamespace(lightning_module=model, global_rank=0, world_size=1)
-    datamodule.prepare_data()
-    datamodule.setup("validate")
-    return model.eval(), datamodule.val_dataloader()
+    model, datamodule = load_for_evaluation([a for c in configs for a in ("--config", c)], ckpt_path)
+    return model, datamodule.val_dataloader()
 
 
 @torch.no_grad()

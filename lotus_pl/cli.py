@@ -88,6 +88,26 @@ def checkpoint_is_complete(path: Path) -> bool:
         return False
 
 
+def load_for_evaluation(args: list[str], ckpt_path: str | Path) -> tuple[LotusModel, DenseDataModule]:
+    """The model and DataModule that ``args`` (``--config`` files, dotted overrides) describe, with the
+    checkpoint's weights, in eval mode and with the validation set up, for scripts that evaluate a run
+    outside the Trainer (benchmarks, figures)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    cli = LotusCLI(args=[*args, "--trainer.logger=false"], run=False)
+    model, datamodule = cli.model, cli.datamodule
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    model.on_load_checkpoint(checkpoint)
+    model.load_state_dict(checkpoint["state_dict"])
+    # the loader decodes the ground truth of the model's tasks, which it reads from its trainer
+    datamodule.trainer = SimpleNamespace(lightning_module=model, global_rank=0, world_size=1)
+    datamodule.prepare_data()
+    datamodule.setup("validate")
+    return model.eval(), datamodule
+
+
 def data_main(args: list[str]) -> int | None:
     """``lotus_pl data <source>``: build shards and manifests; ``lotus_pl data verify <manifest>``: check them."""
     from jsonargparse import CLI

@@ -17,12 +17,11 @@ from __future__ import annotations
 import argparse
 import tempfile
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 import yaml
 
-from lotus_pl.cli import LotusCLI
+from lotus_pl.cli import load_for_evaluation
 from lotus_pl.edge_metrics import _near, depth_edges
 from lotus_pl.visualize import colorize
 
@@ -34,15 +33,8 @@ def load_run(run_dir: Path):
         config.pop(key, None)
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
         yaml.safe_dump(config, f)
-    cli = LotusCLI(args=["--config", f.name, "--trainer.logger=false"], run=False)
-    model, datamodule = cli.model, cli.datamodule
-    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-    model.on_load_checkpoint(checkpoint)
-    model.load_state_dict(checkpoint["state_dict"])
-    datamodule.trainer = SimpleNamespace(lightning_module=model, global_rank=0, world_size=1)
-    datamodule.prepare_data()
-    datamodule.setup("validate")
-    return model.eval(), datamodule.val_dataloader()
+    model, datamodule = load_for_evaluation(["--config", f.name], run_dir / "checkpoints" / "last.ckpt")
+    return model, datamodule.val_dataloader()
 
 
 def edge_overlay(pred_edges: torch.Tensor, true_edges: torch.Tensor, tolerance: int) -> torch.Tensor:
