@@ -75,18 +75,19 @@ def describe(run: dict) -> str:
 
 
 def prior_formulation(results: dict) -> str:
-    head = ["point (from the prior)", "seeds", "AbsRel", "δ1", "edge F1"] + [f"{d} AbsRel" for d in DOMAINS]
+    domains = [d for d in DOMAINS if any(f"zero_shot/{d}/abs_rel" in r for r in results["runs"])]  # if scored
+    head = ["point (from the prior)", "seeds", "AbsRel", "δ1", "edge F1"] + [f"{d} AbsRel" for d in domains]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     everything = []
     for label, runs in groups(results).items():
         done = finished(runs)
         everything += done
-        zero = [cell(done, f"zero_shot/{d}/abs_rel") for d in DOMAINS]
-        lines.append(f"| {describe(runs[0])} | {len(done)}/{len(runs)} | {cell(done, 'abs_rel')} | {cell(done, 'delta1')} | "
-                     f"{cell(done, 'edge_f1')} | " + " | ".join(zero) + " |")
+        row = [describe(runs[0]), f"{len(done)}/{len(runs)}", cell(done, "abs_rel"), cell(done, "delta1"), cell(done, "edge_f1")]
+        lines.append("| " + " | ".join(row + [cell(done, f"zero_shot/{d}/abs_rel") for d in domains]) + " |")
     for kind in ("untrained", "mean_target"):
-        zero = [cell(everything, f"zero_shot/{d}/baseline_{kind}_abs_rel") for d in DOMAINS]
-        lines.append(f"| (baseline) {kind.replace('_', ' ')} | | {cell(everything, f'baseline_{kind}')} | | | " + " | ".join(zero) + " |")
+        name = "the prior before fine-tuning" if kind == "untrained" else "mean training target"
+        row = [f"(baseline) {name}", "", cell(everything, f"baseline_{kind}"), "", ""]
+        lines.append("| " + " | ".join(row + [cell(everything, f"zero_shot/{d}/baseline_{kind}_abs_rel") for d in domains]) + " |")
     return "\n".join(lines)
 
 
