@@ -31,9 +31,10 @@ def load_run(run_dir: Path):
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     for key in ("ckpt_path", "weights_only"):  # the fit subcommand's own options, saved with the config
         config.pop(key, None)
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
-        yaml.safe_dump(config, f)
-    model, datamodule = load_for_evaluation(["--config", f.name], run_dir / "checkpoints" / "last.ckpt")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "config.yaml"
+        path.write_text(yaml.safe_dump(config))
+        model, datamodule = load_for_evaluation(["--config", str(path)], run_dir / "checkpoints" / "last.ckpt")
     return model, datamodule.val_dataloader()
 
 
