@@ -18,7 +18,11 @@ valid mask) are masked out for every row alike, depth beyond 50 m is dropped, an
 * ``sparse``: :class:`SparsePointAlignment` to the simulated SfM points observed in each view;
 * ``per_view_oracle``: each view least-squares aligned to its own exact depth, alone (the single-view
   evaluation protocol: the best any per-view alignment can do, but blind to the other views);
-* ``per_view_range``: each view mapped on its own onto a fixed 1..10 m range guess.
+* ``per_view_range``: each view mapped on its own onto a fixed 1..10 m range guess;
+* ``joint_exact_affine``: :class:`JointAlignment` on the *exact* disparity of each view, made
+  relative as training does (each view normalised to [0, 1] between its own 2nd and 98th
+  percentiles): what the solve recovers when predictions are affine-exact, so that a gap between
+  this row and ``joint`` is the model's error, not the solver's.
 
 Scores: F-score at tau = 2 % and 1 % of the scene's extent (longest side of the true surface's
 bounding box), Chamfer-L1 in % of the extent, normal consistency, the multi-view depth
@@ -79,6 +83,13 @@ class PerViewOracle:
         return out
 
 
+def relative_disparity(depth: np.ndarray) -> np.ndarray:
+    """Exact disparity made relative as training normalises it: [0, 1] between the view's 2nd and 98th percentiles."""
+    disparity = np.where(depth > 0, 1.0 / np.where(depth > 0, depth, 1.0), np.nan)
+    lo, hi = np.nanpercentile(disparity, [2, 98])
+    return (disparity - lo) / (hi - lo)
+
+
 def evaluate(aligner, views, posed, truth_depths, normals, surface, tau2, tau1, fusion):
     start = time.perf_counter()
     report = aligner.align(views, posed)
@@ -122,7 +133,7 @@ def main() -> None:
     torch.set_num_threads(1)
     model = load_model(Path(args.run), args.ckpt)
     fusion = TSDFFusion(resolution=args.resolution)
-    rows = {"gt": [], "joint": [], "sparse": [], "per_view_oracle": [], "per_view_range": []}
+    rows = {"gt": [], "joint": [], "sparse": [], "per_view_oracle": [], "per_view_range": [], "joint_exact_affine": []}
     scenes = []
     for i in range(args.scenes):
         t_scene = time.perf_counter()
@@ -146,9 +157,11 @@ def main() -> None:
                  "ckpt": args.ckpt}))
         pred_views = [AlignmentView(p, space, c, m) for p, c, m in zip(preds, seq.posed.cameras, masks)]
         gt_views = [AlignmentView(np.where(t > 0, t, np.nan), "metric", c) for t, c in zip(truth, seq.posed.cameras)]
+        exact_views = [AlignmentView(relative_disparity(t), "disparity", c, m) for t, c, m in zip(truth, seq.posed.cameras, masks)]
         cases = {"gt": (MetricDepth(), gt_views), "joint": (JointAlignment(max_samples=args.joint_samples), pred_views),
                  "sparse": (SparsePointAlignment(), pred_views), "per_view_oracle": (PerViewOracle(truth), pred_views),
-                 "per_view_range": (RangeGuess(1.0, 10.0), pred_views)}
+                 "per_view_range": (RangeGuess(1.0, 10.0), pred_views),
+                 "joint_exact_affine": (JointAlignment(max_samples=args.joint_samples), exact_views)}
         for name, (aligner, views) in cases.items():
             try:
                 row = evaluate(aligner, views, seq.posed, truth, normals, surface, tau2, tau1, fusion)

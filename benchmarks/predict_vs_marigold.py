@@ -18,7 +18,10 @@ initial noise both sides then compute the same prediction, which the script chec
 Measured per image (batch 1, fp32, ``torch.inference_mode``, medians over rounds after warm-up;
 the cases of one section alternate within each round so machine load hits them alike):
 
-(a) equal work: ``predict_image`` against Marigold with 1 step and no ensemble;
+(a) equal work: ``predict_image`` against Marigold with 1 step and no ensemble, and lotus_pl's
+    fastest CPU path, the same model exported by ``lotus_pl export --format onnx``
+    (:func:`lotus_pl.onnx_export.export_onnx`) run by ONNX Runtime (when ``onnxruntime`` is
+    installed, ``.[onnx]``; its output is checked against ``predict_image``'s and Marigold's);
 (b) Marigold's paper setting, 50 steps × 10 ensemble members with diffusers' affine-invariant
     ensembling, which needs scipy; without scipy the 10 members run as a batch of 10 copies of the
     image and are not ensembled (the same UNet and VAE work; only makes Marigold look faster);
@@ -36,7 +39,7 @@ jobs, ``--threads 1`` keeps OpenMP workers from waiting on descheduled siblings 
 loaded 2-core machine single calls varied 4x). Results: docs/benchmarks/predict_vs_marigold.md.
 
     python benchmarks/predict_vs_marigold.py [--quick] [--threads 1] [--rounds 7] [--paper-rounds 2]
-        [--paper-resolution 384] [--out result.json]
+        [--paper-resolution 384] [--skip-paper] [--skip-memory] [--no-onnx] [--out result.json]
 """
 
 from __future__ import annotations
@@ -186,6 +189,36 @@ def interleaved(cases: dict[str, Callable[[], Any]], rounds: int, device: torch.
     return times
 
 
+def onnx_case(model, folder: Path, image: torch.Tensor, noise: torch.Tensor, threads: int | None, ours: torch.Tensor,
+              theirs: torch.Tensor, check: dict[str, Any], enabled: bool = True) -> dict[str, Callable[[], Any]]:
+    """``{"lotus_onnxruntime": call}``: the model exported to ONNX and run by ONNX Runtime on the CPU,
+    fed the image and the same initial noise; ``check`` receives its max |difference| to
+    ``predict_image`` (``ours``) and to Marigold (``theirs``). Empty when disabled, on a GPU, or
+    without onnxruntime."""
+    if not enabled or image.device.type != "cpu" or importlib.util.find_spec("onnxruntime") is None:
+        return {}
+    import onnxruntime as ort
+
+    from lotus_pl.onnx_export import ONNX_FILE, export_onnx
+
+    progress("exporting the ONNX graph")
+    folder.mkdir(parents=True, exist_ok=True)
+    export_onnx(model, folder)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    session = ort.InferenceSession(str(folder / ONNX_FILE), options, providers=["CPUExecutionProvider"])
+    if image.shape[-2] % model.size_multiple or image.shape[-1] % model.size_multiple:
+        raise ValueError(f"the ONNX case needs an input on the latent grid (multiple of {model.size_multiple}), got {tuple(image.shape)}")
+    feed = {"image": image.cpu().numpy(), "noise": noise.cpu().numpy()}
+    out = session.run(None, feed)[0]
+    check["onnx_max_abs_diff_vs_lotus"] = float(np.abs(out - ours.cpu().numpy()).max())
+    check["onnx_max_abs_diff_vs_marigold"] = float(np.abs(out - theirs.cpu().numpy()).max())
+    check["onnx_session"] = f"onnxruntime {ort.__version__}, CPUExecutionProvider, ORT_ENABLE_ALL, {threads or 'default'} threads"
+    return {"lotus_onnxruntime": lambda: session.run(None, feed)}
+
+
 def floor_call(model, x: torch.Tensor, noise: torch.Tensor) -> Callable[[], torch.Tensor]:
     """The least any Lotus-G prediction must do: encode, one UNet call at t = 999, decode."""
     vae, unet = model.codec.vae, model.unet
@@ -274,6 +307,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--paper-resolution", type=int, default=None, help="processing resolution of (b) (default: as (a))")
     parser.add_argument("--memory-repeats", type=int, default=None, help="fresh processes per side for CPU memory (default 5; quick 1)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--skip-paper", action="store_true", help="leave out (b), Marigold's 50 x 10 setting (minutes a round on a CPU)")
+    parser.add_argument("--skip-memory", action="store_true", help="leave out (d), the fresh-process memory measurements")
+    parser.add_argument("--no-onnx", action="store_true", help="leave ONNX Runtime out of (a) even when it is installed")
     parser.add_argument("--out", default=None, help="also write the numbers to this JSON file")
     parser.add_argument("--child-memory", choices=["lotus", "marigold_1x1"], help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
@@ -348,9 +384,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             batch["image"] = batch["image"].to(device)
             writer.on_predict_batch_end(None, model, model.predict_step(batch, 0), batch, 0)
 
+        onnx_check: dict[str, Any] = {}
         cases = {
             "lotus": lambda: model.predict_image(image),
             "marigold_1x1": lambda: marigold_call(pipe, image, 1, 1, resolution),
+            **onnx_case(model, Path(tmp) / "onnx", image, noise, args.threads, ours, theirs, onnx_check,
+                        enabled=not args.no_onnx),
             "floor": floor_call(model, image, noise),
             "lotus_large_input": lambda: model.predict_image(large),
             "lotus_predict_path": full_predict_path,
@@ -360,23 +399,26 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
         # (b) Marigold's paper setting (lotus_pl timed alongside only at a reduced resolution)
         steps, members = size["paper_steps"], size["paper_ensemble"]
-        if alignment:
+        if args.skip_paper:
+            paper_cases = {}
+        elif alignment:
             paper_call = lambda: marigold_call(pipe, image, steps, members, paper_resolution)  # noqa: E731
         else:  # diffusers' ensembling needs scipy: run the same members as a batch of copies, unensembled
             copies = image.expand(members, -1, -1, -1)
             paper_call = lambda: marigold_call(pipe, copies, steps, 1, paper_resolution)  # noqa: E731
-        paper_cases = {"marigold_paper": paper_call}
-        if paper_resolution != resolution:
-            reduced = lotus_model(folder, paper_resolution, device)
-            paper_cases["lotus"] = lambda: reduced.predict_image(image)
-        paper_times = interleaved(paper_cases, paper_rounds, device, warmup=0 if device.type == "cpu" else 1)
+        if not args.skip_paper:
+            paper_cases = {"marigold_paper": paper_call}
+            if paper_resolution != resolution:
+                reduced = lotus_model(folder, paper_resolution, device)
+                paper_cases["lotus"] = lambda: reduced.predict_image(image)
+        paper_times = interleaved(paper_cases, paper_rounds, device, warmup=0 if device.type == "cpu" else 1) if paper_cases else {}
         paper_lotus = statistics.median(paper_times.get("lotus", times["lotus"]))
 
         # (d) memory of one prediction
-        mem = memory({"lotus": cases["lotus"], "marigold_1x1": cases["marigold_1x1"]}, folder, resolution, (height, width),
-                     device, memory_repeats)
+        mem = {} if args.skip_memory else memory({"lotus": cases["lotus"], "marigold_1x1": cases["marigold_1x1"]}, folder,
+                                                 resolution, (height, width), device, memory_repeats)
 
-    paper_median = statistics.median(paper_times["marigold_paper"])
+    paper_median = statistics.median(paper_times["marigold_paper"]) if paper_times else float("nan")
     result: dict[str, Any] = {
         "benchmark": "predict_vs_marigold",
         "quick": args.quick,
@@ -397,8 +439,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "marigold_1x1_s": median["marigold_1x1"],
             "marigold_over_lotus": median["marigold_1x1"] / median["lotus"],
             "lotus_at_least_as_fast": median["lotus"] <= median["marigold_1x1"],
+            **({"onnxruntime_s": median["lotus_onnxruntime"],
+                "marigold_over_onnxruntime": median["marigold_1x1"] / median["lotus_onnxruntime"],
+                "eager_over_onnxruntime": median["lotus"] / median["lotus_onnxruntime"],
+                **onnx_check} if "lotus_onnxruntime" in median else {}),
         },
-        "paper_setting": {
+        "paper_setting": {} if not paper_times else {
             "steps": size["paper_steps"],
             "ensemble": size["paper_ensemble"],
             "processing_resolution": paper_resolution,
@@ -441,10 +487,15 @@ def report(r: dict[str, Any]) -> None:
     row("lotus_pl predict_image", a["lotus_s"])
     row("Marigold, 1 step x 1 member", a["marigold_1x1_s"], f"= {a['marigold_over_lotus']:.3f} x lotus_pl")
     print(f"  lotus_pl at least as fast: {'yes' if a['lotus_at_least_as_fast'] else 'no'}")
-    label = "" if b["processing_resolution"] == r["processing_resolution"] else f" at {b['processing_resolution']} px (reduced)"
-    print(f"(b) Marigold's paper setting{label}, ensembling: {b['ensembling']}; median of {b['rounds']}")
-    row(f"Marigold, {b['steps']} steps x {b['ensemble']} members", b["marigold_s"],
-        f"= {b['marigold_over_lotus']:.1f} x lotus_pl single step")
+    if "onnxruntime_s" in a:
+        row("lotus_pl exported, ONNX Runtime", a["onnxruntime_s"],
+            f"Marigold = {a['marigold_over_onnxruntime']:.2f} x, eager = {a['eager_over_onnxruntime']:.2f} x this; "
+            f"max |diff| {a['onnx_max_abs_diff_vs_lotus']:.1e} vs predict_image, {a['onnx_max_abs_diff_vs_marigold']:.1e} vs Marigold")
+    if b:
+        label = "" if b["processing_resolution"] == r["processing_resolution"] else f" at {b['processing_resolution']} px (reduced)"
+        print(f"(b) Marigold's paper setting{label}, ensembling: {b['ensembling']}; median of {b['rounds']}")
+        row(f"Marigold, {b['steps']} steps x {b['ensemble']} members", b["marigold_s"],
+            f"= {b['marigold_over_lotus']:.1f} x lotus_pl single step")
     print("(c) against the floor: bare encode + UNet + decode at the processing size")
     row("floor", c["floor_s"])
     target = f"(target <= {100 * OVERHEAD_TARGET:.0f} %: {'yes' if c['within_target'] else 'no'})"
@@ -452,6 +503,8 @@ def report(r: dict[str, Any]) -> None:
     lh, lw = c["large_input_hw"]
     row(f"predict_image, raw {lh}x{lw} (resized in and out)", c["lotus_large_input_s"], f"overhead {100 * c['large_input_overhead']:+.1f} %")
     row("predict path: read file, predict, write files", c["predict_path_s"], f"overhead {100 * c['predict_path_overhead']:+.1f} %")
+    if not r["memory"]:
+        return
     print(f"(d) peak memory of one prediction at {r['processing_resolution']} px ({r['memory']['lotus']['method']})")
     for side, m in r["memory"].items():
         print(f"  {side:14s} peak {m['peak_mib']:8.1f} MiB, growth over the loaded model {m['growth_mib']:8.1f} MiB")

@@ -82,6 +82,27 @@ def test_quick_run_compares_equal_work(quick_result):
     assert data["same_output_max_abs_diff"] < 1e-4
 
 
+def test_onnx_runtime_is_the_fastest_path_case_and_computes_the_same_depth(quick_result):
+    pytest.importorskip("onnxruntime")
+    _, data = quick_result
+    equal = data["equal_work"]
+    assert len(data["times_s"]["lotus_onnxruntime"]) == 2 and _positive(equal["onnxruntime_s"])
+    assert equal["marigold_over_onnxruntime"] == pytest.approx(equal["marigold_1x1_s"] / equal["onnxruntime_s"])
+    assert equal["onnx_max_abs_diff_vs_lotus"] < 1e-4 and equal["onnx_max_abs_diff_vs_marigold"] < 1e-4
+
+
+def test_sections_can_be_left_out(bench, tmp_path):
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        data = bench.main(["--quick", "--threads", "1", "--rounds", "1", "--skip-paper", "--skip-memory", "--no-onnx"])
+    finally:
+        torch.set_num_threads(threads)
+    assert data["paper_setting"] == {} and data["memory"] == {} and "lotus_onnxruntime" not in data["times_s"]
+    bench.report(data)  # prints (a) and (c) only
+
+
 def test_report_prints_every_section(bench, quick_result, capsys):
     bench.report(quick_result[1])
     printed = capsys.readouterr().out

@@ -123,3 +123,26 @@ def test_zero_shot_renderer_without_a_manifest_is_refused():
 
     with pytest.raises(ValueError, match="zero_shot_synthetic names \\['outdoor'\\]"):
         DenseDataModule(zero_shot_synthetic={"outdoor": SyntheticScenes()})
+
+
+def test_the_longer_prior_continues_the_same_run_into_another_folder(capsys):
+    """experiments/prior/embedded_longer.yaml resumes the shipped prior's run (same directory, model,
+    data and EMA) for more steps, and exports beside priors/embedded64 instead of over it."""
+    prior = ROOT / "experiments/prior"
+    printed = {}
+    for configs in (["embedded.yaml"], ["embedded.yaml", "embedded_longer.yaml"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["prior", "fit", *[a for c in configs for a in ("--config", str(prior / c))], "--print_config"])
+        assert exit_info.value.code == 0
+        printed[len(configs)] = yaml.safe_load(capsys.readouterr().out)
+    base, longer = printed[1], printed[2]
+    assert longer["trainer"]["max_steps"] > base["trainer"]["max_steps"]
+    assert longer["trainer"]["default_root_dir"] == base["trainer"]["default_root_dir"]
+    assert longer["model"] == base["model"] and longer["data"] == base["data"] and longer["seed_everything"] == base["seed_everything"]
+
+    def callback(config, name):
+        return next(c["init_args"] for c in config["trainer"]["callbacks"] if c["class_path"].endswith(name))
+
+    assert callback(longer, "EMAWeightAveraging") == callback(base, "EMAWeightAveraging")
+    assert callback(base, "PriorExport")["out"] == "priors/embedded64"
+    assert callback(longer, "PriorExport")["out"] == "priors/embedded64_longer"
