@@ -57,6 +57,7 @@ from lotus_pl.geometry.recon_metrics import reconstruction_metrics, sample_mesh
 from lotus_pl.geometry.single_view import fit_sparse
 
 MAX_DEPTH = 50.0
+ROWS = ("gt", "joint", "sparse", "per_view_oracle", "per_view_range", "joint_exact_affine")
 
 
 def load_model(run: Path, ckpt: str):
@@ -126,14 +127,16 @@ def main() -> None:
     parser.add_argument("--out", default="docs/benchmarks/multiview_reconstruction.json")
     parser.add_argument("--save_views", help="folder: pickle each scene's predictions, cameras and masks "
                         "(scene_<seed>.pkl, the --cache of benchmarks/joint_alignment.py)")
-    parser.add_argument("--combine", nargs="+", help="only merge these result JSONs into --out")
+    parser.add_argument("--rows", nargs="+", help="only these rows (default: all), e.g. to add one to an earlier run with --combine")
+    parser.add_argument("--combine", nargs="+", help="only merge these result JSONs (other seeds, or other rows of the same "
+                        "seeds) into --out")
     args = parser.parse_args()
     if args.combine:
         return combine(args.combine, args.out)
     torch.set_num_threads(1)
     model = load_model(Path(args.run), args.ckpt)
     fusion = TSDFFusion(resolution=args.resolution)
-    rows = {"gt": [], "joint": [], "sparse": [], "per_view_oracle": [], "per_view_range": [], "joint_exact_affine": []}
+    rows = {name: [] for name in ROWS if not args.rows or name in args.rows}
     scenes = []
     for i in range(args.scenes):
         t_scene = time.perf_counter()
@@ -163,6 +166,8 @@ def main() -> None:
                  "per_view_range": (RangeGuess(1.0, 10.0), pred_views),
                  "joint_exact_affine": (JointAlignment(max_samples=args.joint_samples), exact_views)}
         for name, (aligner, views) in cases.items():
+            if args.rows and name not in args.rows:
+                continue
             try:
                 row = evaluate(aligner, views, seq.posed, truth, normals, surface, tau2, tau1, fusion)
             except ValueError as exc:  # e.g. a misaligned row whose volume is empty: scored as failed
@@ -202,14 +207,19 @@ def summarize(scenes: list[dict], rows: dict[str, list[dict]], out: str) -> None
 
 
 def combine(files: list[str], out: str) -> None:
-    """Merge the JSONs of runs over disjoint seeds (e.g. run in parallel) into one table."""
-    scenes, rows = [], {}
+    """Merge result JSONs into one table: runs over other seeds (e.g. in parallel), or other rows of
+    the same seeds (``--rows``); a row is kept where every scene has it."""
+    scenes, by_seed = {}, {}
     for f in files:
         part = json.loads(Path(f).read_text())
-        scenes += part["scenes"]
-        for name, values in part["rows"].items():
-            rows.setdefault(name, []).extend(values)
-    summarize(scenes, rows, out)
+        for k, scene in enumerate(part["scenes"]):
+            scenes.setdefault(scene["seed"], scene)
+            for name, values in part["rows"].items():
+                if k < len(values):
+                    by_seed.setdefault(scene["seed"], {})[name] = values[k]
+    seeds = sorted(scenes)
+    names = [n for n in ROWS if all(n in by_seed.get(s, {}) for s in seeds)]
+    summarize([scenes[s] for s in seeds], {n: [by_seed[s][n] for s in seeds] for n in names}, out)
 
 
 if __name__ == "__main__":
