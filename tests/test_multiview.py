@@ -314,6 +314,26 @@ def test_reconstruction_metrics_on_known_offsets() -> None:
     assert half["precision"] == 1.0 and 0.4 < half["recall"] < 0.6 and half["normal_consistency"] == pytest.approx(0.0)
 
 
+def test_reconstruction_metrics_cap_far_points_and_share_one_query_over_taus() -> None:
+    rng = np.random.default_rng(1)
+    truth = np.stack([rng.uniform(0, 1, 4000), rng.uniform(0, 1, 4000), np.zeros(4000)], axis=1)
+    up = np.tile([0.0, 0.0, 1.0], (4000, 1))
+    near, far = truth[:3000] + [0, 0, 0.01], truth[3000:] + [0, 0, 5.0]  # a quarter of the points 5 m off
+    points = np.concatenate([near, far])
+    exact = reconstruction_metrics(points, truth, 0.02, up, up)
+    capped = reconstruction_metrics(points, truth, [0.02, 0.005], up, up, max_distance=0.5)
+    assert exact["accuracy"] == pytest.approx(0.75 * 0.01 + 0.25 * 5.0)
+    assert capped["accuracy"] == pytest.approx(0.75 * 0.01 + 0.25 * 0.5)  # far points count as the cap
+    assert capped["precision"] == [pytest.approx(0.75), 0.0] and capped["fscore"][0] == pytest.approx(exact["fscore"])
+    assert capped["recall"][0] == pytest.approx(exact["recall"]) and capped["tau"] == [0.02, 0.005]
+    # no counterpart within the cap: normal consistency 0 for those points
+    assert capped["normal_consistency"] < exact["normal_consistency"] == pytest.approx(1.0)
+    single = reconstruction_metrics(points, truth, 0.005, max_distance=0.5)
+    assert single["fscore"] == capped["fscore"][1] and single["accuracy"] == capped["accuracy"]
+    with pytest.raises(ValueError, match="max_distance must exceed tau"):
+        reconstruction_metrics(points, truth, 0.02, max_distance=0.01)
+
+
 # --- data and CLI ---------------------------------------------------------------------
 
 
