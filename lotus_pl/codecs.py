@@ -50,26 +50,42 @@ def _class_path(obj: object) -> str:
 
 
 class SpaceToDepth(Codec):
-    """Lossless pixel-unshuffle codec: ``3 × f²`` channels at 1/f resolution, no weights."""
+    """Lossless pixel-unshuffle codec: ``3 × f²`` channels at 1/f resolution, no weights.
 
-    def __init__(self, factor: int = 2) -> None:
+    Args:
+        factor: the block side ``f``.
+        scale: latents are the unshuffled pixels times this (Stable Diffusion likewise scales its VAE
+            latents, by 0.18215, to unit variance). Images in [-1, 1] have a standard deviation near
+            0.5, so 2.0 gives unit-variance latents: the variance that v- and ε-prediction's skip
+            terms assume, which a narrow UNet otherwise has to correct by passing the noise through
+            (docs/prior.md). 1.0 (the default) is the plain pixels.
+    """
+
+    def __init__(self, factor: int = 2, scale: float = 1.0) -> None:
         super().__init__()
         if factor < 1:
             raise ValueError(f"SpaceToDepth factor must be >= 1, got {factor}")
+        if not scale > 0:
+            raise ValueError(f"SpaceToDepth scale must be > 0, got {scale}")
         self.downsample = factor
+        self.scale = float(scale)
         self.latent_channels = 3 * factor * factor
 
     def encode(self, image: Tensor) -> Tensor:
         if image.shape[-2] % self.downsample or image.shape[-1] % self.downsample:
             raise ValueError(f"image size {tuple(image.shape[-2:])} is not divisible by the codec factor {self.downsample}")
-        return F.pixel_unshuffle(image, self.downsample)
+        latent = F.pixel_unshuffle(image, self.downsample)
+        return latent if self.scale == 1.0 else latent * self.scale
 
     def decode(self, latent: Tensor) -> Tensor:
-        return F.pixel_shuffle(latent, self.downsample)
+        return F.pixel_shuffle(latent if self.scale == 1.0 else latent / self.scale, self.downsample)
 
     def export(self, folder: Path) -> dict[str, Any]:
         """Nothing to write (no weights): the config alone rebuilds it."""
-        return {"class_path": _class_path(self), "init_args": {"factor": self.downsample}}
+        args: dict[str, Any] = {"factor": self.downsample}
+        if self.scale != 1.0:
+            args["scale"] = self.scale
+        return {"class_path": _class_path(self), "init_args": args}
 
 
 class StableDiffusionVAE(Codec):

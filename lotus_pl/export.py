@@ -185,6 +185,7 @@ def model_index(folder: Path, model: LotusModel) -> dict[str, Any]:
         "default_denoising_steps": len(timesteps),
         "pure_noise_at_terminal": bool(getattr(model.formulation, "pure_noise_at_terminal", False)),
         "space_to_depth": 0 if (folder / "vae").is_dir() else model.codec.downsample,
+        **({"space_to_depth_scale": model.codec.scale} if getattr(model.codec, "scale", 1.0) != 1.0 else {}),
         "seed": model.seed,
     }
 

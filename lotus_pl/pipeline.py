@@ -91,6 +91,7 @@ class LotusPipeline(DiffusionPipeline):
         default_denoising_steps: DDIM steps (1: Lotus's single step at t = T - 1).
         pure_noise_at_terminal: as ``Generative(pure_noise_at_terminal=...)`` was trained.
         space_to_depth: the factor of the ``SpaceToDepth`` codec when there is no VAE.
+        space_to_depth_scale: ... and its latent scale.
         seed: seed of the initial noise (Lotus-G) when no ``generator`` or ``latents`` is given.
         text_context: the fixed context ``[1, tokens, dim]`` of a model without a text encoder
             (``from_pretrained`` reads it from the folder's ``text_context.safetensors``).
@@ -112,6 +113,7 @@ class LotusPipeline(DiffusionPipeline):
         default_denoising_steps: int = 1,
         pure_noise_at_terminal: bool = False,
         space_to_depth: int = 0,
+        space_to_depth_scale: float = 1.0,
         seed: int = 0,
         text_context: Tensor | None = None,
     ) -> None:
@@ -119,7 +121,7 @@ class LotusPipeline(DiffusionPipeline):
         self.register_modules(unet=unet, scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer)
         self.register_to_config(task=task, task_index=task_index, default_processing_resolution=default_processing_resolution,
                                 default_denoising_steps=default_denoising_steps, pure_noise_at_terminal=pure_noise_at_terminal,
-                                space_to_depth=space_to_depth, seed=seed)
+                                space_to_depth=space_to_depth, space_to_depth_scale=space_to_depth_scale, seed=seed)
         if vae is None and space_to_depth < 1:
             raise ValueError("LotusPipeline needs a vae, or the factor of the SpaceToDepth codec (space_to_depth) the model used")
         if text_context is None and (text_encoder is None or tokenizer is None):
@@ -179,12 +181,12 @@ class LotusPipeline(DiffusionPipeline):
     def encode(self, image: Tensor) -> Tensor:
         """``[B, 3, H, W]`` in [-1, 1] -> the latent the UNet reads (the VAE posterior's mode, scaled)."""
         if self.vae is None:
-            return F.pixel_unshuffle(image, self.codec_factor)
+            return F.pixel_unshuffle(image, self.codec_factor) * self.config.space_to_depth_scale
         return self.vae.encode(image.to(self.vae.dtype)).latent_dist.mode() * self.vae.config.scaling_factor
 
     def decode(self, latent: Tensor) -> Tensor:
         if self.vae is None:
-            return F.pixel_shuffle(latent, self.codec_factor)
+            return F.pixel_shuffle(latent / self.config.space_to_depth_scale, self.codec_factor)
         return self.vae.decode(latent.to(self.vae.dtype) / self.vae.config.scaling_factor).sample
 
     def noise_schedule(self) -> NoiseSchedule:

@@ -17,6 +17,18 @@ def test_space_to_depth_round_trip_is_exact(factor):
     assert torch.equal(codec.decode(latent), image)
 
 
+def test_space_to_depth_scale_gives_unit_variance_latents_and_round_trips(tmp_path):
+    image = torch.rand(4, 3, 32, 32) * 2 - 1  # uniform in [-1, 1]: std 1 / sqrt(3)
+    plain, scaled = SpaceToDepth(4), SpaceToDepth(4, scale=2.0)
+    assert torch.equal(scaled.encode(image), 2 * plain.encode(image))
+    assert torch.equal(scaled.decode(scaled.encode(image)), image)  # a power of two: exact
+    assert scaled.encode(image).std().item() == pytest.approx(2 / 3**0.5, rel=0.02)
+    assert plain.export(tmp_path) == {"class_path": "lotus_pl.codecs.SpaceToDepth", "init_args": {"factor": 4}}
+    assert scaled.export(tmp_path)["init_args"] == {"factor": 4, "scale": 2.0}
+    with pytest.raises(ValueError, match="scale must be > 0"):
+        SpaceToDepth(4, scale=0.0)
+
+
 def test_space_to_depth_rejects_indivisible_sizes():
     with pytest.raises(ValueError, match="not divisible"):
         SpaceToDepth(2).encode(torch.zeros(1, 3, 15, 16))
