@@ -127,6 +127,26 @@ def test_joint_solve_recovers_known_scales_and_shifts() -> None:
     np.testing.assert_allclose(gauged, truth, rtol=1e-6, atol=1e-7)
 
 
+def test_joint_solve_restarts_where_one_descent_slides_to_infinite_depth() -> None:
+    # Rendered walk-through 1001 with each view's exact disparity made relative ([0, 1] between its
+    # 2nd and 98th percentiles, as training normalises): the initial search lands at 1.8x the true
+    # depth, from where the descent slides towards infinite depth (there the translations stop
+    # mattering and the views agree ever better). Restarting at half and twice that scale, and
+    # keeping the best result that stayed within the search's range, recovers the scene exactly.
+    seq = render_sequence(1001, WalkThrough(num_views=8), 128, 128)
+    views, truth = [], []
+    for view, camera in zip(seq.views, seq.posed.cameras):
+        depth = view.depth.astype(np.float64)
+        disparity = np.where(depth > 0, 1 / np.where(depth > 0, depth, 1), np.nan)
+        lo, hi = np.nanpercentile(disparity, [2, 98])
+        views.append(AlignmentView((disparity - lo) / (hi - lo), "disparity", camera, depth > 0))
+        truth += [hi - lo, lo]
+    one = JointAlignment(max_samples=1000, starts=1).solve(views)[0]
+    assert np.median(np.asarray(truth)[0::2] / one[0::2]) > 10  # the single descent's depth: > 10x too far
+    theta = JointAlignment(max_samples=1000).solve(views)[0]
+    np.testing.assert_allclose(theta, truth, rtol=1e-4, atol=1e-6)
+
+
 def test_joint_solve_in_depth_space() -> None:
     # Depth-space predictions: the bilinear lookup of depth between pixel centres is not exact on a
     # plane (disparity is), so the recovery is close but not to 1e-6.

@@ -246,6 +246,19 @@ def correspondences(views: list[AlignmentView], theta: np.ndarray, max_samples: 
     return r, c.owner, c.pairs
 
 
+def _depth_factor(views: list[AlignmentView], theta: np.ndarray, base: np.ndarray) -> float:
+    """The median over views of the median ratio of the depth under ``theta`` to that under ``base``."""
+    ratios = []
+    for k, v in enumerate(views):
+        p = v.pred[v.valid]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            a, b = theta[2 * k] * p + theta[2 * k + 1], base[2 * k] * p + base[2 * k + 1]
+            ratio = b / a if v.space == "disparity" else a / b  # depth = 1 / disparity
+        ratio = ratio[np.isfinite(ratio) & (ratio > 0)]
+        ratios.append(float(np.median(ratio)) if ratio.size else np.inf)
+    return float(np.median(ratios))
+
+
 def depth_consistency(views: list[AlignmentView], theta: np.ndarray | None = None, max_samples: int = 4000,
                       min_overlap: int = 20) -> float:
     """Multi-view depth consistency: the median of ``|z_j(X_i) / d_j(x') - 1|`` over every sample of
@@ -363,6 +376,8 @@ class JointAlignment(Aligner):
         cut_decay: the floor's factor per iteration.
         iterations: most Gauss-Newton iterations.
         min_overlap: fewest correspondences a view needs with the others.
+        starts: descents from the initial search's global scale and from half, twice, a quarter, four
+            times it...; the result with the smallest median residual is kept.
     """
 
     max_samples: int = 3000
@@ -375,22 +390,29 @@ class JointAlignment(Aligner):
     cut_decay: float = 0.5
     iterations: int = 80
     min_overlap: int = 50
+    starts: int = 3
 
-    def initial(self, views: list[AlignmentView], corr: _Correspondences) -> np.ndarray:
+    def initial(self, views: list[AlignmentView], corr: _Correspondences) -> list[np.ndarray]:
+        """The ``starts`` best global scales of the near/far guess, best first."""
         guess = RangeGuess(self.init_near, self.init_far)
         base = np.concatenate([guess.scale_shift(v.space) for v in views])
-        best, best_cost = base, np.inf
-        for factor in np.geomspace(1 / self.scale_search, self.scale_search, 41):
+        def scaled(factor: float) -> np.ndarray:  # depth x factor: disparity / factor, depth * factor
             theta = base.copy()
-            for k, v in enumerate(views):  # depth x factor: disparity / factor, depth * factor
+            for k, v in enumerate(views):
                 theta[2 * k:2 * k + 2] *= (1 / factor) if v.space == "disparity" else factor
-            r, _ = _residuals(corr, theta, jacobian=False)
+            return theta
+
+        candidates = []
+        for factor in np.geomspace(1 / self.scale_search, self.scale_search, 41):
+            r, _ = _residuals(corr, scaled(factor), jacobian=False)
             # samples without a counterpart count as a bad residual, or depths that push every
             # correspondence out of frame would look consistent
-            cost = float(np.mean(np.where(np.isfinite(r), np.minimum(np.abs(r), 0.5), 0.5)))
-            if cost < best_cost:
-                best, best_cost = theta, cost
-        return best
+            candidates.append((float(np.mean(np.where(np.isfinite(r), np.minimum(np.abs(r), 0.5), 0.5))), factor))
+        factor = min(candidates)[1]
+        # the search's scale, then half and twice it, a quarter and four times...: the descent's basin
+        # around the true scale is a factor of a few wide (measured: 0.5x-1x converge, 2x does not)
+        multiples = [1.0] + [m for k in range(1, self.starts) for m in (2.0**-k, 2.0**k)]
+        return [scaled(factor * m) for m in multiples[:self.starts]]
 
     def solve(self, views: list[AlignmentView], init: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``theta`` ``[2K]`` (scale, shift per view), the final residuals and their inlier mask."""
@@ -400,17 +422,45 @@ class JointAlignment(Aligner):
         if len(views) < 2:
             raise ValueError("the joint alignment needs at least two views")
         corr = _correspondences(views, self.max_samples)
-        theta = np.asarray(init, dtype=np.float64).copy() if init is not None else self.initial(views, corr)
+        if self.gauge_view is not None and not 0 <= self.gauge_view < len(views):
+            raise ValueError(f"gauge_view {self.gauge_view} is not a view index (0..{len(views) - 1})")
+        starts = [np.asarray(init, dtype=np.float64).copy()] if init is not None else self.initial(views, corr)
+        # Several starts: from a wrong global scale the descent can slide towards ever larger depths,
+        # where the translations stop mattering and any depths agree (all views at infinity are a
+        # perfect fit). A result whose depths left the initial search's range has done that; of the
+        # others, the one that agrees best is kept.
+        guess = RangeGuess(self.init_near, self.init_far)
+        base = np.concatenate([guess.scale_shift(v.space) for v in views])
+        results = []
+        for start in starts:
+            theta = self._refine(views, corr, start)
+            r, _ = _residuals(corr, theta, jacobian=False)
+            finite = np.isfinite(r)
+            cost = float(np.median(np.abs(r[finite]))) if finite.any() else np.inf
+            factor = _depth_factor(views, theta, base)
+            inside = 1 / self.scale_search <= factor <= self.scale_search
+            results.append((not inside, cost, len(results), theta))
+        theta = min(results, key=lambda x: x[:3])[3]
+        r, _ = _residuals(corr, theta, jacobian=False)
+        finite = np.isfinite(r)
+        sigma = 1.4826 * float(np.median(np.abs(r[finite]))) if finite.any() else 0.0
+        inlier = finite & (np.abs(np.where(finite, r, np.inf)) <= max(self.outlier_sigmas * sigma, 1e-12))
+        self._check_overlap(views, corr, inlier)
+        self._last = (r, corr)
+        return theta, r, inlier
+
+    def _refine(self, views: list[AlignmentView], corr: _Correspondences, theta: np.ndarray) -> np.ndarray:
+        """Robust Levenberg-Marquardt from ``theta`` (module docstring)."""
+        theta = theta.copy()
         free = np.ones(len(theta), dtype=bool)
         if self.gauge_view is not None:
-            if not 0 <= self.gauge_view < len(views):
-                raise ValueError(f"gauge_view {self.gauge_view} is not a view index (0..{len(views) - 1})")
             free[2 * self.gauge_view:2 * self.gauge_view + 2] = False
         damping = 1e-6
 
-        def trimmed_cost(r: np.ndarray, cut: float) -> float:
-            r = np.where(np.isfinite(r), np.minimum(r**2, cut**2), cut**2)
-            return float(r.sum())
+        def trimmed_cost(r: np.ndarray, cut: float, support: np.ndarray) -> float:
+            # over the samples in frame both before and after a step, so that a step is judged by
+            # agreement, not by how many samples it pushes out of (or into) the other views
+            return float(np.minimum(r[support] ** 2, cut**2).sum())
 
         for iteration in range(self.iterations):
             r, J = _residuals(corr, theta)
@@ -422,7 +472,6 @@ class JointAlignment(Aligner):
             self._check_overlap(views, corr, inlier)
             H, g = _normal_equations(corr, r, J, inlier, len(theta))
             H, g = H[np.ix_(free, free)], g[free]
-            cost = trimmed_cost(r, cut)
             step_taken = False
             for _ in range(12):
                 A = H + damping * np.diag(np.maximum(np.diag(H), 1e-12))
@@ -430,20 +479,15 @@ class JointAlignment(Aligner):
                 delta[free] = -np.linalg.solve(A, g)
                 trial = theta + delta
                 r_trial, _ = _residuals(corr, trial, jacobian=False)
-                if trimmed_cost(r_trial, cut) <= cost:
+                support = finite & np.isfinite(r_trial)
+                if support.sum() >= finite.sum() / 2 and trimmed_cost(r_trial, cut, support) <= trimmed_cost(r, cut, support):
                     theta, damping, step_taken = trial, max(damping / 10, 1e-12), True
                     break
                 damping *= 10
             small = not step_taken or np.max(np.abs(delta) / np.maximum(np.abs(theta), 1e-12)) < 1e-13
             if small and floor <= max(self.outlier_sigmas * sigma, 1e-12):
                 break  # converged, and the floor no longer widens the trimming
-        r, _ = _residuals(corr, theta, jacobian=False)
-        finite = np.isfinite(r)
-        sigma = 1.4826 * float(np.median(np.abs(r[finite]))) if finite.any() else 0.0
-        inlier = finite & (np.abs(np.where(finite, r, np.inf)) <= max(self.outlier_sigmas * sigma, 1e-12))
-        self._check_overlap(views, corr, inlier)
-        self._last = (r, corr)
-        return theta, r, inlier
+        return theta
 
     def _check_overlap(self, views: list[AlignmentView], corr: _Correspondences, inlier: np.ndarray) -> None:
         """Raise naming the views that share too few correspondences with the rest."""
