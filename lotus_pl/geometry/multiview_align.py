@@ -392,10 +392,16 @@ class JointAlignment(Aligner):
     min_overlap: int = 50
     starts: int = 3
 
-    def initial(self, views: list[AlignmentView], corr: _Correspondences) -> list[np.ndarray]:
-        """The ``starts`` best global scales of the near/far guess, best first."""
+    def _guess(self, views: list[AlignmentView]) -> np.ndarray:
+        """Every view's ``(s, t)`` mapped onto the ``init_near``..``init_far`` range."""
         guess = RangeGuess(self.init_near, self.init_far)
-        base = np.concatenate([guess.scale_shift(v.space) for v in views])
+        return np.concatenate([guess.scale_shift(v.space) for v in views])
+
+    def initial(self, views: list[AlignmentView], corr: _Correspondences) -> list[np.ndarray]:
+        """``starts`` starting points: the near/far guess at the searched global scale, then at half,
+        twice, a quarter, four times... that scale."""
+        base = self._guess(views)
+
         def scaled(factor: float) -> np.ndarray:  # depth x factor: disparity / factor, depth * factor
             theta = base.copy()
             for k, v in enumerate(views):
@@ -429,8 +435,7 @@ class JointAlignment(Aligner):
         # where the translations stop mattering and any depths agree (all views at infinity are a
         # perfect fit). A result whose depths left the initial search's range has done that; of the
         # others, the one that agrees best is kept.
-        guess = RangeGuess(self.init_near, self.init_far)
-        base = np.concatenate([guess.scale_shift(v.space) for v in views])
+        base = self._guess(views)
         results = []
         for start in starts:
             theta = self._refine(views, corr, start)
@@ -439,9 +444,8 @@ class JointAlignment(Aligner):
             cost = float(np.median(np.abs(r[finite]))) if finite.any() else np.inf
             factor = _depth_factor(views, theta, base)
             inside = 1 / self.scale_search <= factor <= self.scale_search
-            results.append((not inside, cost, len(results), theta))
-        theta = min(results, key=lambda x: x[:3])[3]
-        r, _ = _residuals(corr, theta, jacobian=False)
+            results.append((not inside, cost, len(results), theta, r))
+        _, _, _, theta, r = min(results, key=lambda x: x[:3])
         finite = np.isfinite(r)
         sigma = 1.4826 * float(np.median(np.abs(r[finite]))) if finite.any() else 0.0
         inlier = finite & (np.abs(np.where(finite, r, np.inf)) <= max(self.outlier_sigmas * sigma, 1e-12))
