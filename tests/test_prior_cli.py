@@ -76,6 +76,24 @@ def test_the_export_holds_the_averaged_weights(pretrained):
     assert not torch.equal(exported[key], checkpoint["current_model_state"][f"unet.{key}"])
 
 
+def test_prior_export_of_a_checkpoint_equals_the_end_of_fit_export(pretrained, tmp_path, capsys):
+    """``lotus_pl prior export`` of the last checkpoint writes the same folder PriorExport wrote at
+    the end of fit (the EMA weights, the scheduler, the text encoder); a folder without a run's
+    config.yaml and a missing checkpoint are refused by name."""
+    run, export = pretrained
+    out = tmp_path / "from_ckpt"
+    main(["prior", "export", "--run", str(run), "--ckpt_path", str(run / "checkpoints" / "last.ckpt"), "--out", str(out)])
+    assert f"exported {out}" in capsys.readouterr().out
+    ours, theirs = load_file(out / "unet/diffusion_pytorch_model.safetensors"), load_file(export / "unet/diffusion_pytorch_model.safetensors")
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    for part in ("scheduler/scheduler_config.json", "model_index.json", "text_encoder/config.json"):
+        assert json.loads((out / part).read_text()) == json.loads((export / part).read_text()), part
+    with pytest.raises(FileNotFoundError, match="no config.yaml"):
+        main(["prior", "export", "--run", str(tmp_path), "--out", str(tmp_path / "x")])
+    with pytest.raises(FileNotFoundError, match="no checkpoint at"):
+        main(["prior", "export", "--run", str(run), "--ckpt_path", str(tmp_path / "none.ckpt"), "--out", str(tmp_path / "y")])
+
+
 def test_fine_tuning_from_the_exported_prior(pretrained, tiny_dataset, tiny_sd, tmp_path):
     _, export = pretrained
     configs = ["experiments/quickstart.yaml", "experiments/variants/quickstart_prior.yaml"]

@@ -259,6 +259,20 @@ def _depth_factor(views: list[AlignmentView], theta: np.ndarray, base: np.ndarra
     return float(np.median(ratios))
 
 
+def _log_range_ratio(theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each view's ``log(far / near)`` under ``theta`` and its derivatives ``[K, 2]`` by ``(s, t)``.
+
+    Both spaces put the far end (disparity) or the near end (depth) at ``p = 0``, so the ratio of
+    the range's ends is ``(s + t) / t`` in either: disparity ``D_near / D_far``, depth
+    ``d_far / d_near``. NaN where the view is inverted or its range crosses zero."""
+    s, t = theta[0::2], theta[1::2]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = (s + t) / t
+        value = np.where((t > 0) & (ratio > 0), np.log(ratio), np.nan)
+        grad = np.stack([1.0 / (s + t), 1.0 / (s + t) - 1.0 / t], axis=1)
+    return value, grad
+
+
 def depth_consistency(views: list[AlignmentView], theta: np.ndarray | None = None, max_samples: int = 4000,
                       min_overlap: int = 20) -> float:
     """Multi-view depth consistency: the median of ``|z_j(X_i) / d_j(x') - 1|`` over every sample of
@@ -378,6 +392,12 @@ class JointAlignment(Aligner):
         min_overlap: fewest correspondences a view needs with the others.
         starts: descents from the initial search's global scale and from half, twice, a quarter, four
             times it...; the result with the smallest median residual is kept.
+        range_prior: weight of a prior that each view's far/near ratio stays near
+            ``init_far / init_near`` (a penalty on the log ratio's deviation, per view, weighted as
+            ``range_prior`` times the view's share of correspondences; 0: none). Without it, inputs
+            whose errors disagree between views are made to agree by flattening every view (far/near
+            -> 1, all depths alike), which the reprojections cannot tell from the truth. It biases
+            exact inputs towards the guessed ratio, so give 0 for depth that is consistent already.
     """
 
     max_samples: int = 3000
@@ -391,6 +411,7 @@ class JointAlignment(Aligner):
     iterations: int = 80
     min_overlap: int = 50
     starts: int = 3
+    range_prior: float = 0.0
 
     def _guess(self, views: list[AlignmentView]) -> np.ndarray:
         """Every view's ``(s, t)`` mapped onto the ``init_near``..``init_far`` range."""
@@ -442,6 +463,8 @@ class JointAlignment(Aligner):
             r, _ = _residuals(corr, theta, jacobian=False)
             finite = np.isfinite(r)
             cost = float(np.median(np.abs(r[finite]))) if finite.any() else np.inf
+            if self.range_prior > 0:  # the refined objective's prior, on the scale of a squared residual
+                cost = float(np.sqrt(cost**2 + self.range_prior * np.mean(self._prior_residuals(theta) ** 2)))
             factor = _depth_factor(views, theta, base)
             inside = 1 / self.scale_search <= factor <= self.scale_search
             results.append((not inside, cost, len(results), theta, r))
@@ -453,6 +476,10 @@ class JointAlignment(Aligner):
         self._last = (r, corr)
         return theta, r, inlier
 
+    def _prior_residuals(self, theta: np.ndarray) -> np.ndarray:
+        """Each view's deviation of ``log(far / near)`` from the guess's (``range_prior``)."""
+        return _log_range_ratio(theta)[0] - np.log(self.init_far / self.init_near)
+
     def _refine(self, views: list[AlignmentView], corr: _Correspondences, theta: np.ndarray) -> np.ndarray:
         """Robust Levenberg-Marquardt from ``theta`` (module docstring)."""
         theta = theta.copy()
@@ -460,11 +487,16 @@ class JointAlignment(Aligner):
         if self.gauge_view is not None:
             free[2 * self.gauge_view:2 * self.gauge_view + 2] = False
         damping = 1e-6
+        views_idx = np.arange(len(views))
 
-        def trimmed_cost(r: np.ndarray, cut: float, support: np.ndarray) -> float:
+        def trimmed_cost(r: np.ndarray, cut: float, support: np.ndarray, theta: np.ndarray, weight: float) -> float:
             # over the samples in frame both before and after a step, so that a step is judged by
             # agreement, not by how many samples it pushes out of (or into) the other views
-            return float(np.minimum(r[support] ** 2, cut**2).sum())
+            cost = float(np.minimum(r[support] ** 2, cut**2).sum())
+            if weight > 0:
+                prior = self._prior_residuals(theta)
+                cost += weight * float(np.sum(prior**2)) if np.isfinite(prior).all() else np.inf
+            return cost
 
         for iteration in range(self.iterations):
             r, J = _residuals(corr, theta)
@@ -475,6 +507,13 @@ class JointAlignment(Aligner):
             inlier = finite & (np.abs(np.where(finite, r, np.inf)) <= cut)
             self._check_overlap(views, corr, inlier)
             H, g = _normal_equations(corr, r, J, inlier, len(theta))
+            weight = self.range_prior * inlier.sum() / len(views)  # per view, its share of the rows
+            if weight > 0:
+                prior, grad = self._prior_residuals(theta), _log_range_ratio(theta)[1]
+                for a in range(2):
+                    g[2 * views_idx + a] += weight * grad[:, a] * prior
+                    for b in range(2):
+                        H[2 * views_idx + a, 2 * views_idx + b] += weight * grad[:, a] * grad[:, b]
             H, g = H[np.ix_(free, free)], g[free]
             step_taken = False
             for _ in range(12):
@@ -484,7 +523,8 @@ class JointAlignment(Aligner):
                 trial = theta + delta
                 r_trial, _ = _residuals(corr, trial, jacobian=False)
                 support = finite & np.isfinite(r_trial)
-                if support.sum() >= finite.sum() / 2 and trimmed_cost(r_trial, cut, support) <= trimmed_cost(r, cut, support):
+                if support.sum() >= finite.sum() / 2 and (trimmed_cost(r_trial, cut, support, trial, weight)
+                                                           <= trimmed_cost(r, cut, support, theta, weight)):
                     theta, damping, step_taken = trial, max(damping / 10, 1e-12), True
                     break
                 damping *= 10

@@ -12,15 +12,19 @@ folder. :func:`export_prior` writes the same parts for an :class:`~lotus_pl.prio
   config is recorded as ``lotus_pl_codec``).
 
 :class:`PriorExport` does this at the end of ``lotus_pl prior fit`` (after EMA, if any, has put
-the averaged weights in place) and saves a grid of samples beside the checkpoints.
+the averaged weights in place) and saves a grid of samples beside the checkpoints;
+:func:`export_checkpoint` (``lotus_pl prior export``) does it for any checkpoint of a run, e.g. to
+look at the prior part-way through a long run.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
+import yaml
 from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_only
 
@@ -83,3 +87,34 @@ class PriorExport(Callback):
             path = Path(trainer.default_root_dir) / "samples.png"
             torchvision.utils.save_image((images + 1) / 2, path, nrow=int(self.samples ** 0.5))
             print(f"[prior] samples: {path}", flush=True)
+
+
+def build_prior(model_config: dict[str, Any]) -> ImagePrior:
+    """The prior from a run's resolved ``model:`` config, instantiated by jsonargparse as LightningCLI does."""
+    from lightning.pytorch.cli import LightningArgumentParser
+
+    parser = LightningArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(ImagePrior, "model", instantiate=False, fail_untyped=False, sub_configs=True)
+    instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes
+    return ImagePrior(**dict(vars(instantiate(parser.parse_object({"model": model_config})).model)))
+
+
+def export_checkpoint(run: str | Path, ckpt: str | Path, out: str | Path, overwrite: bool = False) -> Path:
+    """Export checkpoint ``ckpt`` of the prior run in folder ``run`` (its ``config.yaml`` says how to
+    build the model). With EMA the checkpoint's ``state_dict`` is the average (Lightning's
+    ``WeightAveraging`` saves it there), so this exports what :class:`PriorExport` would have."""
+    config_file = Path(run) / "config.yaml"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{config_file}: not a prior run folder (no config.yaml)")
+    model_config = yaml.safe_load(config_file.read_text()).get("model")
+    if not model_config:
+        raise KeyError(f"{config_file} has no 'model' section")
+    prior = build_prior(model_config)
+    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=False)
+    if "state_dict" not in checkpoint:
+        raise KeyError(f"{ckpt} is not a Lightning checkpoint: it has no 'state_dict'")
+    try:
+        prior.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError as exc:
+        raise RuntimeError(f"{ckpt} does not fit the model of {config_file}: {exc}") from exc
+    return export_prior(prior.eval(), out, overwrite=overwrite)
