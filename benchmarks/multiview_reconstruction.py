@@ -14,7 +14,12 @@ valid mask) are masked out for every row alike, depth beyond 50 m is dropped, an
 (``TSDFFusion(resolution=128)``) runs with the exact normals for the incidence test. Rows:
 
 * ``gt``: exact depth fused (bounds the fusion itself);
-* ``joint``: :class:`JointAlignment` (no sparse points; scale from the metric poses);
+* ``joint``: :class:`JointAlignment` as ``lotus_pl fuse`` runs it (no sparse points; scale from the
+  metric poses; residuals in prediction units);
+* ``joint_relative``: the same with residuals in relative depth (``prediction_units=False``, the
+  solver's earlier form), which flattens views whose errors disagree;
+* ``joint_range_prior``: relative depth with ``range_prior`` (``--range_prior``): each view's
+  far/near ratio held near the 1..10 m guess's by a penalty, the other remedy for the flattening;
 * ``sparse``: :class:`SparsePointAlignment` to the simulated SfM points observed in each view;
 * ``per_view_oracle``: each view least-squares aligned to its own exact depth, alone (the single-view
   evaluation protocol: the best any per-view alignment can do, but blind to the other views);
@@ -59,7 +64,7 @@ from lotus_pl.geometry.single_view import fit_sparse
 
 MAX_DEPTH = 50.0
 MAX_DISTANCE_TAUS = 10  # nearest-neighbour distances capped at 10 tau = 20 % of the extent (recon_metrics)
-ROWS = ("gt", "joint", "sparse", "per_view_oracle", "per_view_range", "joint_exact_affine")
+ROWS = ("gt", "joint", "joint_relative", "joint_range_prior", "sparse", "per_view_oracle", "per_view_range", "joint_exact_affine")
 
 
 def load_model(run: Path, ckpt: str):
@@ -126,6 +131,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1000)
     parser.add_argument("--resolution", type=int, default=128, help="TSDF voxels across the scene's diagonal")
     parser.add_argument("--joint_samples", type=int, default=1000, help="JointAlignment pixels per view")
+    parser.add_argument("--range_prior", type=float, default=0.01, help="JointAlignment.range_prior of the joint_range_prior row")
     parser.add_argument("--out", default="docs/benchmarks/multiview_reconstruction.json")
     parser.add_argument("--save_views", help="folder: pickle each scene's predictions, cameras and masks "
                         "(scene_<seed>.pkl, the --cache of benchmarks/joint_alignment.py)")
@@ -164,6 +170,9 @@ def main() -> None:
         gt_views = [AlignmentView(np.where(t > 0, t, np.nan), "metric", c) for t, c in zip(truth, seq.posed.cameras)]
         exact_views = [AlignmentView(relative_disparity(t), "disparity", c, m) for t, c, m in zip(truth, seq.posed.cameras, masks)]
         cases = {"gt": (MetricDepth(), gt_views), "joint": (JointAlignment(max_samples=args.joint_samples), pred_views),
+                 "joint_relative": (JointAlignment(max_samples=args.joint_samples, prediction_units=False), pred_views),
+                 "joint_range_prior": (JointAlignment(max_samples=args.joint_samples, prediction_units=False,
+                                                      range_prior=args.range_prior), pred_views),
                  "sparse": (SparsePointAlignment(), pred_views), "per_view_oracle": (PerViewOracle(truth), pred_views),
                  "per_view_range": (RangeGuess(1.0, 10.0), pred_views),
                  "joint_exact_affine": (JointAlignment(max_samples=args.joint_samples), exact_views)}

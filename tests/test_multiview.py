@@ -131,8 +131,10 @@ def test_joint_solve_restarts_where_one_descent_slides_to_infinite_depth() -> No
     # Rendered walk-through 1001 with each view's exact disparity made relative ([0, 1] between its
     # 2nd and 98th percentiles, as training normalises): the initial search lands at 1.8x the true
     # depth, from where the descent slides towards infinite depth (there the translations stop
-    # mattering and the views agree ever better). Restarting at half and twice that scale, and
-    # keeping the best result that stayed within the search's range, recovers the scene exactly.
+    # mattering and the views agree ever better) in relative-depth residuals. Restarting at half and
+    # twice that scale, and keeping the best result that stayed within the search's range, recovers
+    # the scene exactly; residuals in prediction units do not slide from there at all, and a start
+    # from which a view trims to no overlap is skipped, not fatal.
     seq = render_sequence(1001, WalkThrough(num_views=8), 128, 128)
     views, truth = [], []
     for view, camera in zip(seq.views, seq.posed.cameras):
@@ -141,10 +143,52 @@ def test_joint_solve_restarts_where_one_descent_slides_to_infinite_depth() -> No
         lo, hi = np.nanpercentile(disparity, [2, 98])
         views.append(AlignmentView((disparity - lo) / (hi - lo), "disparity", camera, depth > 0))
         truth += [hi - lo, lo]
-    one = JointAlignment(max_samples=1000, starts=1).solve(views)[0]
+    one = JointAlignment(max_samples=1000, starts=1, prediction_units=False).solve(views)[0]
     assert np.median(np.asarray(truth)[0::2] / one[0::2]) > 10  # the single descent's depth: > 10x too far
-    theta = JointAlignment(max_samples=1000).solve(views)[0]
-    np.testing.assert_allclose(theta, truth, rtol=1e-4, atol=1e-6)
+    for kwargs in ({"prediction_units": False}, {"starts": 1}, {}):
+        theta = JointAlignment(max_samples=1000, **kwargs).solve(views)[0]
+        np.testing.assert_allclose(theta, truth, rtol=1e-4, atol=1e-6, err_msg=str(kwargs))
+
+
+def test_inconsistent_predictions_are_not_flattened_to_agree() -> None:
+    """Each view's exact relative disparity distorted its own way (a power and a smooth ripple, as a
+    model errs): in relative depth the views agree best when every one is nearly flat (far/near
+    ratio -> 1, true 3.2-3.4); in prediction units, or with the range prior, they keep their depth
+    range, and the depths are closer to the truth."""
+    from lotus_pl.geometry.multiview_align import _log_range_ratio
+
+    cameras, views = rig_views(planar_scene(), 6, 96, 128)
+    rng = np.random.default_rng(0)
+    aligned, true_ratio = [], []
+    for camera, view in zip(cameras, views):
+        depth = view.depth.astype(np.float64)
+        disparity = np.where(depth > 0, 1 / np.where(depth > 0, depth, 1), np.nan)
+        lo, hi = np.nanpercentile(disparity, [2, 98])
+        true_ratio.append(hi / lo)
+        yy, xx = np.mgrid[0:depth.shape[0], 0:depth.shape[1]] / depth.shape[1]
+        ripple = 0.15 * np.sin(2 * np.pi * (xx * rng.uniform(0.5, 1.5) + rng.uniform())) \
+            * np.cos(2 * np.pi * (yy * rng.uniform(0.5, 1.5) + rng.uniform()))
+        pred = np.clip((disparity - lo) / (hi - lo), 0, None) ** rng.uniform(0.6, 1.6) + ripple
+        aligned.append(AlignmentView(pred, "disparity", camera, depth > 0))
+    true_ratio = np.array(true_ratio)
+
+    def solve(**kwargs):
+        theta = JointAlignment(max_samples=1500, **kwargs).solve(aligned)[0]
+        abs_rel = []
+        for k, (a, view) in enumerate(zip(aligned, views)):
+            d = apply_scale_shift(a, theta[2 * k], theta[2 * k + 1])
+            ok = np.isfinite(d) & (view.depth > 0)
+            abs_rel.append(np.mean(np.abs(d[ok] - view.depth[ok]) / view.depth[ok]))
+        return np.exp(_log_range_ratio(theta)[0]), float(np.mean(abs_rel))
+
+    assert true_ratio.min() > 3
+    flat, flat_abs_rel = solve(prediction_units=False)
+    assert flat.max() < 1.2  # flattened
+    ratio, abs_rel = solve()  # prediction units, the default
+    assert np.all((ratio > 0.7 * true_ratio) & (ratio < 1.1 * true_ratio)), ratio
+    assert abs_rel < 0.7 * flat_abs_rel, (abs_rel, flat_abs_rel)
+    ratio, abs_rel = solve(prediction_units=False, range_prior=0.01)
+    assert ratio.min() > 1.8 and abs_rel < 0.7 * flat_abs_rel, (ratio, abs_rel, flat_abs_rel)
 
 
 def test_joint_solve_in_depth_space() -> None:
@@ -176,10 +220,12 @@ def test_joint_solve_views_of_different_sizes() -> None:
     assert np.median(np.abs(residual[inlier])) < 1e-6
 
 
-def test_joint_residuals_jacobian_and_normal_equations() -> None:
+@pytest.mark.parametrize("prediction_units", [False, True])
+def test_joint_residuals_jacobian_and_normal_equations(prediction_units: bool) -> None:
     """All view pairs are evaluated as one set of rows; the analytic Jacobian (4 non-zeros a row,
     mixed disparity and depth views, two image sizes) matches central differences, and the normal
-    equations summed from the non-zeros equal the dense ``J^T J``, ``J^T r``."""
+    equations summed from the non-zeros equal the dense ``J^T J``, ``J^T r``; in relative depth and
+    in prediction units (the residual times ``p_j + t_j / s_j``, whose Jacobian has more terms)."""
     from lotus_pl.geometry.multiview_align import _correspondences, _normal_equations, _residuals
 
     cameras, views = mixed_rig()
@@ -190,7 +236,7 @@ def test_joint_residuals_jacobian_and_normal_equations() -> None:
     theta *= 1 + 0.02 * np.random.default_rng(4).standard_normal(len(theta))  # off the solution: r != 0
     corr = _correspondences(aligned, 400)
     assert [p for p in corr.pairs] == [(i, j) for i in range(4) for j in range(4) if i != j]
-    r, J = _residuals(corr, theta)
+    r, J = _residuals(corr, theta, prediction_units=prediction_units)
     ok = np.isfinite(r)
     assert ok.sum() > 2000 and np.abs(r[ok]).max() > 1e-3
     dense = np.zeros((len(r), len(theta)))
@@ -199,7 +245,8 @@ def test_joint_residuals_jacobian_and_normal_equations() -> None:
     for q in range(len(theta)):
         step = np.zeros_like(theta)
         step[q] = 1e-6 * abs(theta[q]) + 1e-9
-        plus, minus = _residuals(corr, theta + step, False)[0], _residuals(corr, theta - step, False)[0]
+        plus = _residuals(corr, theta + step, False, prediction_units)[0]
+        minus = _residuals(corr, theta - step, False, prediction_units)[0]
         both = ok & np.isfinite(plus) & np.isfinite(minus)
         numeric = (plus[both] - minus[both]) / (2 * step[q])
         error = np.abs(numeric - dense[both, q]) / (np.abs(dense[both, q]) + 1e-6)

@@ -197,9 +197,17 @@ def _bilinear(c: _Correspondences, u: np.ndarray, v: np.ndarray) -> tuple[np.nda
     return value, du, dv, ok
 
 
-def _residuals(c: _Correspondences, theta: np.ndarray, jacobian: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+def _residuals(c: _Correspondences, theta: np.ndarray, jacobian: bool = True,
+               prediction_units: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
     """Relative residual ``z_j / d_j(x') - 1`` of every row (NaN where undefined) and, with
-    ``jacobian``, its non-zero derivatives ``[M, 4]`` with respect to ``theta[c.cols]``."""
+    ``jacobian``, its non-zero derivatives ``[M, 4]`` with respect to ``theta[c.cols]``.
+
+    ``prediction_units``: the residual times ``(s_j p_j + t_j) / s_j``, to first order the
+    disagreement in j's *prediction* (``p`` units) rather than in relative depth. A prediction error
+    ``dp`` moves j's relative depth by ``s_j dp / (s_j p_j + t_j)``, which vanishes as a view is
+    flattened (``t_j / s_j`` grows): in relative depth, inconsistent predictions agree best when
+    every view is flat. In ``p`` units the same error stays ``dp`` whatever the fit, and exact
+    inputs still give 0. Both are invariant to the global scale."""
     s, t = theta[0::2], theta[1::2]
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         value = s[c.src] * c.p_src + t[c.src]
@@ -214,18 +222,27 @@ def _residuals(c: _Correspondences, theta: np.ndarray, jacobian: bool = True) ->
         h = np.where(c.dst_disparity, D_j, 1.0 / D_j)
         r = z * h - 1.0
     ok &= (d_i > 0) & (z > 0) & (D_j > 0) & np.isfinite(r)
-    r = np.where(ok, r, np.nan)
+    if prediction_units:
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            q = D_j / sj  # = p_j(x') + t_j / s_j
+            ok &= (sj > 0) & np.isfinite(q)
+            weighted = r * q
+    r_out = np.where(ok, weighted if prediction_units else r, np.nan)
     if not jacobian:
-        return r, None
+        return r_out, None
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         dd_dvalue = np.where(c.src_disparity, -1.0 / value**2, 1.0)
         dh = np.where(c.dst_disparity, 1.0, -1.0 / D_j**2)
         du_dd = c.fx * (c.B[:, 0] * z - Y[:, 0] * c.B[:, 2]) / z**2
         dv_dd = c.fy * (c.B[:, 1] * z - Y[:, 1] * c.B[:, 2]) / z**2
-        dr_dd = c.B[:, 2] * h + z * dh * sj * (Pu * du_dd + Pv * dv_dd)
+        dP_dd = Pu * du_dd + Pv * dv_dd  # the lookup moves with i's depth
+        dr_dd = c.B[:, 2] * h + z * dh * sj * dP_dd
         J = np.stack([dr_dd * dd_dvalue * c.p_src, dr_dd * dd_dvalue, z * dh * P, z * dh], axis=1)
+        if prediction_units:  # d(r q) = q dr + r dq, q = P(x'(d_i)) + t_j / s_j
+            dq = np.stack([dP_dd * dd_dvalue * c.p_src, dP_dd * dd_dvalue, -t[c.dst] / sj**2, 1.0 / sj], axis=1)
+            J = q[:, None] * J + r[:, None] * dq
     J[~ok] = 0.0
-    return r, J
+    return r_out, J
 
 
 def _normal_equations(c: _Correspondences, r: np.ndarray, J: np.ndarray, rows: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -398,6 +415,10 @@ class JointAlignment(Aligner):
             whose errors disagree between views are made to agree by flattening every view (far/near
             -> 1, all depths alike), which the reprojections cannot tell from the truth. It biases
             exact inputs towards the guessed ratio, so give 0 for depth that is consistent already.
+        prediction_units: measure each correspondence's disagreement in the target view's prediction
+            units instead of relative depth (``_residuals``), which removes the same flattening
+            without a prior (exact inputs still fit exactly); the trimming and the choice between
+            starts use these units too, the report keeps relative depth.
     """
 
     max_samples: int = 3000
@@ -412,6 +433,7 @@ class JointAlignment(Aligner):
     min_overlap: int = 50
     starts: int = 3
     range_prior: float = 0.0
+    prediction_units: bool = True
 
     def _guess(self, views: list[AlignmentView]) -> np.ndarray:
         """Every view's ``(s, t)`` mapped onto the ``init_near``..``init_far`` range."""
@@ -458,9 +480,14 @@ class JointAlignment(Aligner):
         # others, the one that agrees best is kept.
         base = self._guess(views)
         results = []
+        failures = []
         for start in starts:
-            theta = self._refine(views, corr, start)
-            r, _ = _residuals(corr, theta, jacobian=False)
+            try:
+                theta = self._refine(views, corr, start)
+            except ValueError as exc:  # e.g. from a far-off start a view trims to no overlap: try the others
+                failures.append(exc)
+                continue
+            r, _ = _residuals(corr, theta, jacobian=False, prediction_units=self.prediction_units)
             finite = np.isfinite(r)
             cost = float(np.median(np.abs(r[finite]))) if finite.any() else np.inf
             if self.range_prior > 0:  # the refined objective's prior, on the scale of a squared residual
@@ -468,11 +495,15 @@ class JointAlignment(Aligner):
             factor = _depth_factor(views, theta, base)
             inside = 1 / self.scale_search <= factor <= self.scale_search
             results.append((not inside, cost, len(results), theta, r))
+        if not results:
+            raise failures[0]
         _, _, _, theta, r = min(results, key=lambda x: x[:3])
         finite = np.isfinite(r)
         sigma = 1.4826 * float(np.median(np.abs(r[finite]))) if finite.any() else 0.0
         inlier = finite & (np.abs(np.where(finite, r, np.inf)) <= max(self.outlier_sigmas * sigma, 1e-12))
         self._check_overlap(views, corr, inlier)
+        if self.prediction_units:  # report relative depth, as the other aligners do
+            r = np.where(inlier | finite, _residuals(corr, theta, jacobian=False)[0], np.nan)
         self._last = (r, corr)
         return theta, r, inlier
 
@@ -488,6 +519,14 @@ class JointAlignment(Aligner):
             free[2 * self.gauge_view:2 * self.gauge_view + 2] = False
         damping = 1e-6
         views_idx = np.arange(len(views))
+        ends = np.array([[np.min(v.pred[v.valid]), np.max(v.pred[v.valid])] if v.valid.any() else [0.0, 1.0]
+                         for v in views])
+
+        def feasible(theta: np.ndarray) -> bool:
+            # every valid pixel keeps a positive depth and no view is inverted: otherwise a step could
+            # "fit" the hardest pixels by pushing them past infinite depth, where they drop out
+            s, t = theta[0::2], theta[1::2]
+            return bool(np.all(s > 0) and np.all(s[:, None] * ends + t[:, None] > 0))
 
         def trimmed_cost(r: np.ndarray, cut: float, support: np.ndarray, theta: np.ndarray, weight: float) -> float:
             # over the samples in frame both before and after a step, so that a step is judged by
@@ -499,7 +538,7 @@ class JointAlignment(Aligner):
             return cost
 
         for iteration in range(self.iterations):
-            r, J = _residuals(corr, theta)
+            r, J = _residuals(corr, theta, prediction_units=self.prediction_units)
             finite = np.isfinite(r)
             sigma = 1.4826 * float(np.median(np.abs(r[finite]))) if finite.any() else 0.0
             floor = self.initial_cut * self.cut_decay**iteration
@@ -515,13 +554,16 @@ class JointAlignment(Aligner):
                     for b in range(2):
                         H[2 * views_idx + a, 2 * views_idx + b] += weight * grad[:, a] * grad[:, b]
             H, g = H[np.ix_(free, free)], g[free]
-            step_taken = False
+            step_taken, was_feasible = False, feasible(theta)
             for _ in range(12):
                 A = H + damping * np.diag(np.maximum(np.diag(H), 1e-12))
                 delta = np.zeros_like(theta)
                 delta[free] = -np.linalg.solve(A, g)
                 trial = theta + delta
-                r_trial, _ = _residuals(corr, trial, jacobian=False)
+                if was_feasible and not feasible(trial):
+                    damping *= 10
+                    continue
+                r_trial, _ = _residuals(corr, trial, jacobian=False, prediction_units=self.prediction_units)
                 support = finite & np.isfinite(r_trial)
                 if support.sum() >= finite.sum() / 2 and (trimmed_cost(r_trial, cut, support, trial, weight)
                                                            <= trimmed_cost(r, cut, support, theta, weight)):
