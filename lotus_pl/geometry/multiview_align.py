@@ -417,8 +417,9 @@ class JointAlignment(Aligner):
             exact inputs towards the guessed ratio, so give 0 for depth that is consistent already.
         prediction_units: measure each correspondence's disagreement in the target view's prediction
             units instead of relative depth (``_residuals``), which removes the same flattening
-            without a prior (exact inputs still fit exactly); the trimming and the choice between
-            starts use these units too, the report keeps relative depth.
+            without a prior (exact inputs still fit exactly). The descent and the choice between
+            starts use these units; trimming stays in relative depth (a far row's residual is small
+            in prediction units whatever it says about the scale), as do the inliers and the report.
     """
 
     max_samples: int = 3000
@@ -498,12 +499,12 @@ class JointAlignment(Aligner):
         if not results:
             raise failures[0]
         _, _, _, theta, r = min(results, key=lambda x: x[:3])
+        if self.prediction_units:  # inliers and report in relative depth, as the trimming and the other aligners
+            r = _residuals(corr, theta, jacobian=False)[0]
         finite = np.isfinite(r)
         sigma = 1.4826 * float(np.median(np.abs(r[finite]))) if finite.any() else 0.0
         inlier = finite & (np.abs(np.where(finite, r, np.inf)) <= max(self.outlier_sigmas * sigma, 1e-12))
         self._check_overlap(views, corr, inlier)
-        if self.prediction_units:  # report relative depth, as the other aligners do
-            r = np.where(inlier | finite, _residuals(corr, theta, jacobian=False)[0], np.nan)
         self._last = (r, corr)
         return theta, r, inlier
 
