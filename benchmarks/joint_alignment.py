@@ -141,7 +141,9 @@ def main() -> None:
     for repeat in range(args.repeats):
         for name in (sides if repeat % 2 == 0 else reversed(sides)):
             start = time.process_time()
-            thetas[name] = sides[name].JointAlignment(max_samples=args.samples).solve(views[name])[0]
+            # like for like: the baseline's objective (relative depth) and trimming schedule (x0.5)
+            same = {"prediction_units": False, "cut_decay": 0.5} if name == "current" else {}
+            thetas[name] = sides[name].JointAlignment(max_samples=args.samples, **same).solve(views[name])[0]
             times[name].append(time.process_time() - start)
             print(f"repeat {repeat} {name}: {times[name][-1]:.2f} s", flush=True)
     median = {name: float(np.median(t)) for name, t in times.items()}
