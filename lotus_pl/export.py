@@ -91,15 +91,20 @@ class ExportCLI(LotusCLI):
         self.model_config: dict[str, Any] = self.config.model.as_dict()
 
 
+def model_arguments(model_class: type, model_config: dict[str, Any]) -> dict[str, Any]:
+    """``model_class``'s constructor arguments from a run's resolved ``model:`` config, instantiated
+    by jsonargparse as LightningCLI does (nested ``class_path`` objects built)."""
+    parser = LightningArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(model_class, "model", instantiate=False, fail_untyped=False, sub_configs=True)
+    instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes
+    return dict(vars(instantiate(parser.parse_object({"model": model_config})).model))
+
+
 def build_model(model_config: dict[str, Any]) -> tuple[LotusModel, DenoiserFactory]:
     """The model from its resolved config, instantiated by jsonargparse as LightningCLI does, and
     the denoiser factory it was built with (which says where the text context came from)."""
-    parser = LightningArgumentParser(exit_on_error=False)
-    parser.add_class_arguments(LotusModel, "model", instantiate=False, fail_untyped=False, sub_configs=True)
     # Runtime switches only: the saved weights are the same, and plain modules save plainly.
-    config = {**model_config, "compile_unet": False, "channels_last": False}
-    instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes
-    arguments = dict(vars(instantiate(parser.parse_object({"model": config})).model))
+    arguments = model_arguments(LotusModel, {**model_config, "compile_unet": False, "channels_last": False})
     return LotusModel(**arguments), arguments["denoiser"]
 
 

@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from lotus_pl.cli import LotusCLI
 from lotus_pl.prior.module import ImagePrior
@@ -21,7 +20,6 @@ class PriorCLI(LotusCLI):
 
 
 def export_main(args: list[str]) -> None:
-    from lotus_pl.export import resolve_checkpoint
     from lotus_pl.prior.export import export_checkpoint
 
     parser = argparse.ArgumentParser(prog="lotus_pl prior export",
@@ -31,9 +29,7 @@ def export_main(args: list[str]) -> None:
     parser.add_argument("--out", required=True, help="folder to write")
     parser.add_argument("--overwrite", action="store_true", help="replace a previous export at --out")
     ns = parser.parse_args(args)
-    if not (Path(ns.run) / "config.yaml").is_file():
-        raise FileNotFoundError(f"--run {ns.run}: not a prior run folder (no config.yaml)")
-    folder = export_checkpoint(ns.run, resolve_checkpoint(ns.ckpt_path, ns.run), ns.out, ns.overwrite)
+    folder = export_checkpoint(ns.run, ns.ckpt_path, ns.out, ns.overwrite)
     print(f"[prior] exported {folder}", flush=True)
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import torch
 import yaml
@@ -29,7 +28,7 @@ from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_only
 
 from lotus_pl.denoisers import empty_prompt_embedding
-from lotus_pl.export import ALLOWED_SUFFIXES, prepare_folder
+from lotus_pl.export import ALLOWED_SUFFIXES, model_arguments, prepare_folder, resolve_checkpoint
 from lotus_pl.prior.module import ImagePrior
 
 
@@ -89,27 +88,19 @@ class PriorExport(Callback):
             print(f"[prior] samples: {path}", flush=True)
 
 
-def build_prior(model_config: dict[str, Any]) -> ImagePrior:
-    """The prior from a run's resolved ``model:`` config, instantiated by jsonargparse as LightningCLI does."""
-    from lightning.pytorch.cli import LightningArgumentParser
-
-    parser = LightningArgumentParser(exit_on_error=False)
-    parser.add_class_arguments(ImagePrior, "model", instantiate=False, fail_untyped=False, sub_configs=True)
-    instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes
-    return ImagePrior(**dict(vars(instantiate(parser.parse_object({"model": model_config})).model)))
-
-
 def export_checkpoint(run: str | Path, ckpt: str | Path, out: str | Path, overwrite: bool = False) -> Path:
-    """Export checkpoint ``ckpt`` of the prior run in folder ``run`` (its ``config.yaml`` says how to
-    build the model). With EMA the checkpoint's ``state_dict`` is the average (Lightning's
-    ``WeightAveraging`` saves it there), so this exports what :class:`PriorExport` would have."""
+    """Export checkpoint ``ckpt`` (a file, or ``last``: the run's newest) of the prior run in folder
+    ``run`` (its ``config.yaml`` says how to build the model). With EMA the checkpoint's
+    ``state_dict`` is the average (Lightning's ``WeightAveraging`` saves it there), so this exports
+    what :class:`PriorExport` would have."""
     config_file = Path(run) / "config.yaml"
     if not config_file.is_file():
         raise FileNotFoundError(f"{config_file}: not a prior run folder (no config.yaml)")
     model_config = yaml.safe_load(config_file.read_text()).get("model")
     if not model_config:
         raise KeyError(f"{config_file} has no 'model' section")
-    prior = build_prior(model_config)
+    ckpt = resolve_checkpoint(str(ckpt), str(run))
+    prior = ImagePrior(**model_arguments(ImagePrior, model_config))
     checkpoint = torch.load(ckpt, map_location="cpu", weights_only=False)
     if "state_dict" not in checkpoint:
         raise KeyError(f"{ckpt} is not a Lightning checkpoint: it has no 'state_dict'")
